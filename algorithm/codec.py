@@ -1,0 +1,86 @@
+"""Landmarks to Gaussian heatmap targets and heatmaps back to landmarks, in one object.
+
+Heatmap pixel j sits at model-input position (j + 0.5) * stride - 0.5, the same
+convention as the resize, so encoding and decoding are exact inverses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DECODERS = ("argmax", "centroid")
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    """Encode (x, y) model-input coordinates as heatmaps and decode them back."""
+
+    input_height: int
+    input_width: int
+    stride: int
+    sigma: float
+    decoder: str = "centroid"
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
+        if self.input_height % self.stride or self.input_width % self.stride:
+            raise ValueError("the input size must be a multiple of the heatmap stride")
+
+    @property
+    def heatmap_shape(self) -> tuple[int, int]:
+        return self.input_height // self.stride, self.input_width // self.stride
+
+    def _to_heatmap(self, points_xy: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) / self.stride - 0.5
+
+    def _from_heatmap(self, points_xy: np.ndarray) -> np.ndarray:
+        return (points_xy + 0.5) * self.stride - 0.5
+
+    def encode(self, points_xy: np.ndarray) -> np.ndarray:
+        """(K, 2) model-input coordinates to (K, H/stride, W/stride) float32 Gaussians (peak 1).
+
+        A landmark given as NaN (missing from the ground truth) gets an all-zero map.
+        """
+        centres = self._to_heatmap(points_xy)
+        height, width = self.heatmap_shape
+        ys = np.arange(height, dtype=np.float64)
+        xs = np.arange(width, dtype=np.float64)
+        gauss_y = np.exp(-((ys[None, :] - centres[:, 1:2]) ** 2) / (2 * self.sigma**2))
+        gauss_x = np.exp(-((xs[None, :] - centres[:, 0:1]) ** 2) / (2 * self.sigma**2))
+        heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :]
+        return np.nan_to_num(heatmaps, nan=0.0).astype(np.float32)
+
+    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., K, h, w) heatmaps to (..., K, 2) model-input coordinates and (..., K) peak values."""
+        *lead, height, width = heatmaps.shape
+        flat = heatmaps.reshape(-1, height, width)
+        peak_index = flat.reshape(flat.shape[0], -1).argmax(axis=1)
+        peak_y, peak_x = np.divmod(peak_index, width)
+        scores = flat.reshape(flat.shape[0], -1)[np.arange(flat.shape[0]), peak_index]
+        points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
+        if self.decoder == "centroid":
+            points = self._refine_by_centroid(flat, peak_x, peak_y)
+        points = self._from_heatmap(points)
+        return points.reshape(*lead, 2), scores.reshape(*lead)
+
+    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:
+        """Sub-pixel position: the mean of the positive heatmap within about one sigma of the peak."""
+        radius = max(1, int(round(self.sigma)))
+        offsets = np.arange(-radius, radius + 1)
+        height, width = flat.shape[1:]
+        rows = peak_y[:, None] + offsets[None, :]
+        cols = peak_x[:, None] + offsets[None, :]
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        index = np.arange(flat.shape[0])[:, None, None]
+        window = flat[index, np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
+        window = np.where(inside, np.maximum(window, 0), 0).astype(np.float64)
+        total = window.sum(axis=(1, 2))
+        safe_total = np.where(total > 0, total, 1.0)
+        x = (window.sum(axis=1) * cols).sum(axis=1) / safe_total
+        y = (window.sum(axis=2) * rows).sum(axis=1) / safe_total
+        refined = np.stack([x, y], axis=1)
+        fallback = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
+        return np.where((total > 0)[:, None], refined, fallback)

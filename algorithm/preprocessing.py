@@ -1,0 +1,108 @@
+"""From a padded challenge image to the model's input, and from model pixels back again.
+
+The resize maps output pixel i to the original position (i + 0.5) * size / out_size - 0.5
+on each axis; `to_original` and `to_model` are that map and its inverse, so landmarks
+survive the round trip exactly. Training imports these functions: what it measures is
+what the container does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ResizeGeometry:
+    """Where the model input came from: the un-padded content size and the input size."""
+
+    content_height: int
+    content_width: int
+    input_height: int
+    input_width: int
+
+    @property
+    def scale_xy(self) -> np.ndarray:
+        """Original pixels per model pixel, as (x, y)."""
+        return np.array(
+            [self.content_width / self.input_width, self.content_height / self.input_height],
+            dtype=np.float64,
+        )
+
+    def to_original(self, points_xy: np.ndarray) -> np.ndarray:
+        """Model-input pixel coordinates (x, y) to pixels of the original (padded) image."""
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * self.scale_xy - 0.5
+
+    def to_model(self, points_xy: np.ndarray) -> np.ndarray:
+        """Original-image pixel coordinates (x, y) to model-input pixels."""
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) / self.scale_xy - 0.5
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """A 2D (H, W) view of a (H, W) or (H, W, C) image: the first channel (R = G = B in the challenge)."""
+    if image.ndim == 3:
+        return image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D image, got an array of shape {image.shape}")
+    return image
+
+
+def content_extent(image: np.ndarray) -> tuple[int, int]:
+    """Height and width of the image without its zero padding at the right and bottom.
+
+    An all-zero image has no content; its full size is returned so that it is still processed.
+    """
+    gray = to_grayscale(image)
+    nonzero_rows = np.flatnonzero(gray.max(axis=1))
+    if nonzero_rows.size == 0:
+        return gray.shape[0], gray.shape[1]
+    height = int(nonzero_rows[-1]) + 1
+    nonzero_cols = np.flatnonzero(gray[:height].max(axis=0))
+    return height, int(nonzero_cols[-1]) + 1
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average non-overlapping factor x factor blocks (anti-aliasing before interpolation)."""
+    if factor == 1:
+        return image.astype(np.float32)
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def _linear_axis_weights(out_size: int, in_size: int, pooled_size: int, factor: int):
+    """Source indices and weights that sample the block-mean image along one axis."""
+    original = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    pooled = np.clip((original + 0.5) / factor - 0.5, 0, pooled_size - 1)
+    low = np.floor(pooled).astype(np.int64)
+    high = np.minimum(low + 1, pooled_size - 1)
+    return low, high, (pooled - low).astype(np.float32)
+
+
+def resize(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
+    """Resize a 2D image to (out_height, out_width) as float32, anti-aliased when shrinking."""
+    in_height, in_width = image.shape
+    factor = max(1, int(min(in_height / out_height, in_width / out_width)))
+    pooled = _block_mean(image, factor)
+    rows_low, rows_high, row_weight = _linear_axis_weights(out_height, in_height, pooled.shape[0], factor)
+    cols_low, cols_high, col_weight = _linear_axis_weights(out_width, in_width, pooled.shape[1], factor)
+    rows = pooled[rows_low] * (1 - row_weight[:, None]) + pooled[rows_high] * row_weight[:, None]
+    return rows[:, cols_low] * (1 - col_weight) + rows[:, cols_high] * col_weight
+
+
+def normalize(image: np.ndarray, method: str) -> np.ndarray:
+    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike."""
+    if method != "zscore":
+        raise ValueError(f"unknown normalisation {method!r} in the model metadata")
+    std = float(image.std())
+    return ((image - float(image.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):
+    """Strip padding, resize and normalise one image; returns the model input and its geometry."""
+    gray = to_grayscale(image)
+    height, width = content_extent(gray)
+    resized = resize(gray[:height, :width], input_height, input_width)
+    geometry = ResizeGeometry(height, width, input_height, input_width)
+    return normalize(resized, normalization), geometry

@@ -1,0 +1,1 @@
+"""Training, evaluation and export of the landmark model (PyTorch); imports `algorithm`, never the reverse."""

@@ -1,0 +1,116 @@
+"""Landmark data sets: the challenge's stack + train-gt.json, or a folder of images + a JSON with `files`.
+
+Both give the same thing: images read one at a time, an (N, K, 2) array of pixel
+coordinates with NaN where a landmark is missing, and each image's mm per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from algorithm.preprocessing import ResizeGeometry, prepare
+from algorithm.reader import ImageStack
+
+
+@dataclass
+class LandmarkData:
+    """Images plus ground truth; `landmarks[i, k]` is (x, y) of landmark k+1 in image i, NaN if absent."""
+
+    images: list[Path] | ImageStack
+    landmarks: np.ndarray
+    spacing: np.ndarray
+    landmark_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.landmarks)
+
+    def read_images(self, indices: list[int] | None = None):
+        """Yield the images (as arrays) with the given indices, in order, one at a time."""
+        wanted = range(len(self)) if indices is None else indices
+        if isinstance(self.images, ImageStack):
+            wanted_set = set(wanted)
+            by_index = {i: image for i, image in enumerate(self.images) if i in wanted_set}
+            yield from (by_index[i] for i in wanted)
+        else:
+            for i in wanted:
+                yield sitk.GetArrayFromImage(sitk.ReadImage(str(self.images[i])))
+
+
+def read_ground_truth(path: Path, num_images: int | None = None):
+    """Parse a CL-Detection style JSON into (landmarks (N, K, 2), spacing (N,), names, files or None)."""
+    try:
+        value = json.loads(Path(path).read_text())
+        points = value["points"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a landmark ground-truth JSON ({error})") from None
+    files = value.get("files")
+    count = num_images or (len(files) if files else max(int(p["point"][2]) for p in points))
+    num_landmarks = max(int(p["name"]) for p in points)
+    names = value.get("landmarks") or [str(k + 1) for k in range(num_landmarks)]
+    landmarks = np.full((count, num_landmarks, 2), np.nan)
+    spacing = np.full(count, np.nan)
+    for point in points:
+        x, y, z = point["point"]
+        image = int(round(z)) - 1
+        if not 0 <= image < count:
+            raise ValueError(f"{path}: point with z={z} outside 1..{count}")
+        landmarks[image, int(point["name"]) - 1] = (x, y)
+        if "scale" in point:
+            spacing[image] = float(point["scale"])
+    if np.isnan(spacing).any():
+        raise ValueError(f"{path}: some images have no 'scale' (mm per pixel)")
+    return landmarks, spacing, list(names), files
+
+
+def load_data(images: Path, annotations: Path) -> LandmarkData:
+    """A folder of images with `files` in the JSON, or a challenge stack (.mha) with z = slice."""
+    images = Path(images)
+    if images.is_dir():
+        landmarks, spacing, names, files = read_ground_truth(annotations)
+        if not files:
+            raise ValueError(f"{annotations}: a folder of images needs a 'files' list in the JSON")
+        paths = [images / name for name in files]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) listed in {annotations} not in {images}: {missing[:3]}")
+        return LandmarkData(paths, landmarks, spacing, names)
+    stack = ImageStack(images)
+    landmarks, spacing, names, _ = read_ground_truth(annotations, num_images=len(stack))
+    return LandmarkData(stack, landmarks, spacing, names)
+
+
+@dataclass
+class PreparedData:
+    """Model inputs (N, H, W), landmarks in model pixels (N, K, 2) and each image's resize geometry."""
+
+    inputs: np.ndarray
+    model_landmarks: np.ndarray
+    geometries: list[ResizeGeometry]
+
+
+def prepare_data(data: LandmarkData, indices: list[int], input_height: int, input_width: int,
+                 normalization: str) -> PreparedData:
+    """Run the container's own preprocessing on the chosen images."""
+    inputs, points, geometries = [], [], []
+    for index, image in zip(indices, data.read_images(indices)):
+        model_input, geometry = prepare(image, input_height, input_width, normalization)
+        inputs.append(model_input)
+        points.append(geometry.to_model(data.landmarks[index]))
+        geometries.append(geometry)
+    return PreparedData(np.stack(inputs), np.stack(points), geometries)
+
+
+def make_split(num_images: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+    """A deterministic train/val/test split of image indices from a seed."""
+    order = np.random.default_rng(seed).permutation(num_images).tolist()
+    num_test = int(round(num_images * test_fraction))
+    num_val = max(1, int(round(num_images * val_fraction)))
+    split = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
+    if not split["train"]:
+        raise ValueError(f"{num_images} images leave none for training with these fractions")
+    return {name: sorted(indices) for name, indices in split.items()}

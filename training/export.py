@@ -1,0 +1,144 @@
+"""Export a checkpoint to `algorithm/model/` (model.onnx + metadata.json) for the container.
+
+The ONNX graph ends in a spatial softmax, so the container decodes probabilities. The
+export is checked with onnx.checker and compared with torch on real, preprocessed
+images; a model whose outputs differ beyond the tolerance is not written.
+
+    python -m training.export --checkpoint runs/hamedan-unet/best.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from algorithm.codec import HeatmapCodec
+from algorithm.inference import DEFAULT_MODEL_DIR
+from algorithm.metadata import MODEL_FILE, ModelMetadata
+from algorithm.preprocessing import prepare
+from algorithm.reader import ImageStack
+from training.model import SpatialSoftmax
+from training.train import TrainConfig
+
+# ONNX Runtime must agree with torch to this fraction of the largest probability,
+# and the decoded landmarks to this many model-input pixels.
+RELATIVE_TOLERANCE = 1e-3
+LANDMARK_TOLERANCE_PX = 0.05
+DEFAULT_COMPARE_INPUT = Path(__file__).resolve().parent.parent / "test" / "input" / "images" / "lateral-dental-x-rays"
+
+
+class ExportMismatch(RuntimeError):
+    """ONNX Runtime and torch disagree on the exported model."""
+
+
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, list[str], dict]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    names = checkpoint["landmark_names"]
+    model = config.build_model(len(names))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), config, names, checkpoint
+
+
+def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.ndarray:
+    """Up to `count` images from a stack file or a folder of images, preprocessed as the container does."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    inputs = []
+    for file in files:
+        for image in ImageStack(file):
+            inputs.append(prepare(image, config.input_height, config.input_width, config.normalization)[0])
+            if len(inputs) == count:
+                return np.stack(inputs)
+    if not inputs:
+        raise ValueError(f"no image to compare with in {path}")
+    return np.stack(inputs)
+
+
+def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, codec: HeatmapCodec) -> dict:
+    """Largest differences between torch and ONNX Runtime on `inputs`; raises ExportMismatch past the tolerance."""
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs)[:, None]).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: inputs[:, None]})[0]
+    relative = float(np.abs(actual - expected).max() / np.abs(expected).max())
+    shift = float(np.linalg.norm(codec.decode(actual)[0] - codec.decode(expected)[0], axis=-1).max())
+    report = {"max_relative_difference": relative, "max_landmark_shift_px": shift}
+    if relative > RELATIVE_TOLERANCE or shift > LANDMARK_TOLERANCE_PX:
+        raise ExportMismatch(f"ONNX Runtime differs from torch beyond tolerance: {report}")
+    return report
+
+
+def export(model: torch.nn.Module, config: TrainConfig, names: list[str], output_dir: Path,
+           compare_input: Path, trained_on: str, accuracy: dict, training: dict) -> dict:
+    """Write model.onnx and metadata.json to `output_dir`, only if the export checks pass."""
+    wrapped = SpatialSoftmax(model).eval()
+    dummy = torch.zeros(1, 1, config.input_height, config.input_width)
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = Path(scratch) / MODEL_FILE
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        torch.onnx.export(wrapped, (dummy,), str(onnx_path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["heatmaps"],
+                          dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}})
+        onnx.checker.check_model(str(onnx_path))
+        report = compare_with_torch(wrapped, onnx_path, comparison_inputs(compare_input, config), config.codec())
+        metadata = ModelMetadata(
+            landmark_names=names, input_height=config.input_height, input_width=config.input_width,
+            heatmap_stride=config.stride, heatmap_sigma=config.sigma, normalization=config.normalization,
+            decoder=config.decoder, trained_on=trained_on, accuracy=accuracy,
+            training={**training, "export_check": report})
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_path, output_dir / MODEL_FILE)
+        metadata.save(output_dir)
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a training checkpoint (best.pt or last.pt)")
+    source.add_argument("--untrained", type=Path, metavar="CONFIG",
+                        help="export a randomly initialised model of this JSON configuration (placeholders, tests)")
+    parser.add_argument("--num-landmarks", type=int, default=38, help="with --untrained (default: 38)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)")
+    parser.add_argument("--compare-input", type=Path, default=DEFAULT_COMPARE_INPUT,
+                        help="stack or folder of images to compare torch and ONNX Runtime on (default: %(default)s)")
+    parser.add_argument("--trained-on", default=None, help="description of the training data for the metadata")
+    parser.add_argument("--accuracy", type=Path, help="a metrics JSON from training.evaluate to record in the metadata")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.checkpoint:
+        model, config, names, checkpoint = load_checkpoint(args.checkpoint)
+        training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch")}
+        trained_on = args.trained_on or f"{config.images} with {config.annotations}"
+    else:
+        config = TrainConfig.from_dict(json.loads(args.untrained.read_text()))
+        torch.manual_seed(config.seed)
+        names = [str(k + 1) for k in range(args.num_landmarks)]
+        model, training = config.build_model(len(names)).eval(), {"config": json.loads(args.untrained.read_text())}
+        trained_on = args.trained_on or "untrained: random weights, a placeholder that finds no landmark"
+    accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else {}
+    try:
+        report = export(model, config, names, args.output, args.compare_input, trained_on, accuracy, training)
+    except (ExportMismatch, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size_mb = (args.output / MODEL_FILE).stat().st_size / 1e6
+    print(f"wrote {args.output / MODEL_FILE} ({size_mb:.1f} MB) and metadata.json; torch vs ONNX Runtime: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

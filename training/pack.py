@@ -1,0 +1,67 @@
+"""Pack a folder of images into a challenge-format stack: `python -m training.pack --images DIR ...`.
+
+The stack is what the container reads: N images of 3 x uint8 (R = G = B), each at the top-left
+and zero-padded at the right and bottom to one size (2400 x 2880 by default, the challenge's).
+With --annotations, the folder's ground truth is rewritten with z = slice and no `files` list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from training.data import load_data
+
+CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
+
+
+def pad_to_stack(images: list[np.ndarray], height: int = CHALLENGE_HEIGHT, width: int = CHALLENGE_WIDTH) -> np.ndarray:
+    """(N, height, width, 3) uint8: each 2D image at the top-left, zero-padded, copied to R, G and B."""
+    stack = np.zeros((len(images), height, width, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        if image.ndim == 3:
+            image = image[..., 0]
+        if image.shape[0] > height or image.shape[1] > width:
+            raise ValueError(f"image {index} of {image.shape[1]} x {image.shape[0]} does not fit in {width} x {height}")
+        stack[index, : image.shape[0], : image.shape[1]] = image[..., None]
+    return stack
+
+
+def write_stack(stack: np.ndarray, path: Path, compress: bool = False) -> None:
+    """Write an (N, H, W, 3) uint8 array as a vector MetaImage (uncompressed, like the challenge's)."""
+    image = sitk.GetImageFromArray(stack, isVector=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=compress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="folder of images")
+    parser.add_argument("--annotations", type=Path, required=True, help="ground truth JSON with a 'files' list")
+    parser.add_argument("--output", type=Path, required=True, help="the stack to write (.mha)")
+    parser.add_argument("--gt-output", type=Path, help="also write the ground truth with z = slice here")
+    parser.add_argument("--height", type=int, default=CHALLENGE_HEIGHT, help="padded height (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=CHALLENGE_WIDTH, help="padded width (default: %(default)s)")
+    parser.add_argument("--compress", action="store_true", help="zlib-compress the stack (smaller, slower to read)")
+    args = parser.parse_args(argv)
+    try:
+        data = load_data(args.images, args.annotations)
+        write_stack(pad_to_stack(list(data.read_images()), args.height, args.width), args.output, args.compress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.gt_output:
+        value = json.loads(args.annotations.read_text())
+        value.pop("files", None)
+        args.gt_output.write_text(json.dumps(value, indent=2) + "\n")
+    print(f"wrote {len(data)} images to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
