@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, DeviceError, ValidationError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:  # still one clear last line, after the traceback in the log
+        logger.exception("unexpected failure")
+        print(f"error: unexpected failure: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
