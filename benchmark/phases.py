@@ -1,0 +1,109 @@
+"""Where our algorithm spends its time, image by image, measured in-process.
+
+    python -m benchmark.phases --input STACK.mha [--model DIR] [--device cpu] [--threads N]
+
+Runs the algorithm's own public pieces (ImageStack, prepare, the detector's ONNX session and
+heatmap codec, the output writer) in the order `algorithm.process` runs them, batch size 1,
+and times each phase with time.perf_counter. Prints one JSON object to stdout:
+fixed costs in seconds (imports, model load, the JSON output), the evalutils validation hash
+of the stack (per stack, so it grows with N), per phase the time of every image in milliseconds,
+and the resident memory after the imports, after the model load and at its peak.
+"""
+
+import time
+
+_STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import algorithm.process  # noqa: E402,F401  (the entry point's imports: evalutils, pandas)
+from algorithm.inference import DEFAULT_MODEL_DIR, LandmarkDetector  # noqa: E402
+from algorithm.output import multiple_points, schema_errors, write_json_atomically  # noqa: E402
+from algorithm.preprocessing import prepare  # noqa: E402
+from algorithm.reader import ImageStack  # noqa: E402
+
+PHASES = ("read", "preprocess", "inference", "decode")
+
+
+def resident_mb() -> dict:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, in MB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[name].split()[0]) * 1024 / 1e6 for key, name in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+
+
+def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "cpu", threads: int = 0) -> dict:
+    clock = time.perf_counter
+    imports_s = clock() - _STARTED
+    memory = {"after_imports": resident_mb()["rss"]}
+
+    start = clock()
+    detector = LandmarkDetector(model_dir, device, threads, 1, None)
+    meta = detector.metadata
+    model_load_s = clock() - start
+    memory["after_model_load"] = resident_mb()["rss"]
+
+    start = clock()
+    stack = ImageStack(stack_path)
+    stack.content_hash()  # what the evalutils loader does for the UniqueImagesValidator
+    validation_hash_s = clock() - start
+
+    times = {phase: [] for phase in PHASES}
+    landmarks = []
+    images = iter(stack)
+    while True:
+        t0 = clock()
+        image = next(images, None)
+        t1 = clock()
+        if image is None:
+            break
+        inputs, geometry = prepare(image, meta.input_height, meta.input_width, meta.normalization)
+        t2 = clock()
+        heatmaps = detector.session.run(None, {detector.input_name: inputs[None, None].astype(np.float32)})[0]
+        t3 = clock()
+        points = geometry.to_original(detector.codec.decode(heatmaps)[0][0])
+        t4 = clock()
+        landmarks.append(points)
+        for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            times[phase].append(1000 * seconds)
+        del image
+
+    start = clock()
+    value = multiple_points(landmarks)
+    if schema_errors(value):
+        raise RuntimeError("invalid output")
+    with tempfile.TemporaryDirectory() as folder:
+        write_json_atomically(value, Path(folder) / "out.json")
+    output_s = clock() - start
+    memory["peak"] = resident_mb()["peak"]
+
+    return {
+        "images": len(landmarks),
+        "providers": detector.providers,
+        "fixed_s": {"imports": imports_s, "model_load": model_load_s, "output_json": output_s},
+        "validation_hash_s": validation_hash_s,
+        "per_image_ms": times,
+        "total_s": clock() - _STARTED,
+        "memory_mb": memory,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.phases", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", type=Path, required=True, help="one stack (.mha)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="folder with model.onnx and metadata.json")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads, 0 = its default")
+    args = parser.parse_args(argv)
+    json.dump(profile(args.input, args.model, args.device, args.threads), sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
