@@ -24,6 +24,11 @@ class DeviceError(RuntimeError):
     """The requested device cannot be used."""
 
 
+def nvidia_gpu_visible() -> bool:
+    """Whether the NVIDIA driver exposes a GPU here (inside Docker: run with --gpus)."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def _providers_for(device: str) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -31,6 +36,8 @@ def _providers_for(device: str) -> list[str]:
         if device == "cuda":
             raise DeviceError("--device cuda: this ONNX Runtime build has no CUDA provider (install onnxruntime-gpu)")
         return ["CPUExecutionProvider"]
+    if device == "auto" and not nvidia_gpu_visible():
+        return ["CPUExecutionProvider"]  # skips loading several hundred MB of CUDA libraries for nothing
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # the CUDA and cuDNN libraries that come as pip wheels
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,12 +1,13 @@
 """Image stacks read one image at a time, so memory does not grow with the stack.
 
-An uncompressed MetaImage stack (the challenge's format) is streamed slice by slice;
-any other file SimpleITK reads is loaded once and then handed out image by image.
+An uncompressed MetaImage stack (the challenge's format) is read slice by slice straight
+from its data block (SimpleITK checked the header); any other file SimpleITK reads is
+loaded once and then handed out image by image.
 """
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,23 +59,25 @@ class ImageStack:
         self.width, self.height = size[0], size[1]
         self.depth = size[2] if len(size) == 3 else 1
         self.components = reader.GetNumberOfComponents()
-        self.streamable = len(size) == 3 and self._is_uncompressed_metaimage(reader)
+        self._data_offset: int | None = None  # set for an uncompressed .mha, read without SimpleITK
+        self._dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).dtype
+        if len(size) == 3 and self.path.name.lower().endswith(".mha"):
+            self._check_uncompressed_metaimage()
 
-    def _is_uncompressed_metaimage(self, reader: sitk.ImageFileReader) -> bool:
-        """True for a local-data, uncompressed .mha, whose size is then checked against its header."""
-        if not self.path.name.lower().endswith(".mha"):
-            return False
+    def _check_uncompressed_metaimage(self) -> None:
+        """Find the data block of a local, uncompressed .mha and check its size against the header."""
         header = _metaimage_header(self.path)
         if header.get("CompressedData", "False").lower() == "true" or header.get("ElementDataFile") != "LOCAL":
-            return False
-        bytes_per_value = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
-        expected = self.width * self.height * self.depth * self.components * bytes_per_value
+            return
+        if header.get("BinaryDataByteOrderMSB", "False").lower() == "true":
+            self._dtype = self._dtype.newbyteorder(">")
+        expected = self.width * self.height * self.depth * self.components * self._dtype.itemsize
         available = self.path.stat().st_size - int(header["_data_offset"])
         if available < expected:
             raise InputError(
                 f"{self.path.name}: truncated, {available} bytes of image data where the header needs {expected}"
             )
-        return True
+        self._data_offset = int(header["_data_offset"])
 
     def __len__(self) -> int:
         return self.depth
@@ -82,16 +85,15 @@ class ImageStack:
     def __iter__(self) -> Iterator[np.ndarray]:
         """Each image as an (H, W) or (H, W, C) array, in stack order."""
         try:
-            if self.streamable:
-                reader = sitk.ImageFileReader()
-                reader.SetFileName(str(self.path))
-                reader.SetExtractSize([self.width, self.height, 0])
+            if self._data_offset is not None:
+                shape = (self.height, self.width, self.components) if self.components > 1 else (self.height, self.width)
+                count = int(np.prod(shape))
                 for index in range(self.depth):
-                    reader.SetExtractIndex([0, 0, index])
-                    yield sitk.GetArrayFromImage(reader.Execute())
+                    offset = self._data_offset + index * count * self._dtype.itemsize
+                    yield np.fromfile(self.path, dtype=self._dtype, count=count, offset=offset).reshape(shape)
                 return
             volume = sitk.GetArrayFromImage(sitk.ReadImage(str(self.path)))
-        except RuntimeError as error:
+        except (RuntimeError, OSError, ValueError) as error:
             first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "read error"
             raise InputError(f"{self.path.name}: cannot read the image data ({first_line})") from None
         if self.depth == 1 and volume.ndim == (3 if self.components > 1 else 2):
@@ -99,9 +101,9 @@ class ImageStack:
         yield from volume
 
     def content_hash(self) -> str:
-        """A hash of the file's bytes, read in chunks (the whole stack is never held in memory)."""
-        digest = hashlib.sha1()
+        """A checksum of the file's bytes, read in chunks (the whole stack is never held in memory)."""
+        checksum = 0
         with open(self.path, "rb") as handle:
             while chunk := handle.read(1 << 23):
-                digest.update(chunk)
-        return digest.hexdigest()
+                checksum = zlib.crc32(chunk, checksum)
+        return f"{self.path.stat().st_size}:{checksum:08x}"
