@@ -67,13 +67,20 @@ class HeatmapCodec:
         return points.reshape(*lead, 2), scores.reshape(*lead)
 
     def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:
-        """Sub-pixel position: the mean of the positive heatmap within about one sigma of the peak."""
+        """Sub-pixel position: the mean of the positive heatmap within about one sigma of the peak.
+
+        The window stays symmetric about the peak: near the border it shrinks on both sides, as a
+        window cut off on one side only would pull the landmark away from the border.
+        """
         radius = max(1, int(round(self.sigma)))
         offsets = np.arange(-radius, radius + 1)
         height, width = flat.shape[1:]
         rows = peak_y[:, None] + offsets[None, :]
         cols = peak_x[:, None] + offsets[None, :]
-        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        reach_y = np.minimum(np.minimum(peak_y, height - 1 - peak_y), radius)
+        reach_x = np.minimum(np.minimum(peak_x, width - 1 - peak_x), radius)
+        inside = ((np.abs(offsets)[None, :] <= reach_y[:, None])[:, :, None]
+                  & (np.abs(offsets)[None, :] <= reach_x[:, None])[:, None, :])
         index = np.arange(flat.shape[0])[:, None, None]
         window = flat[index, np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
         window = np.where(inside, np.maximum(window, 0), 0).astype(np.float64)
