@@ -69,7 +69,9 @@ class ImageStack:
         header = _metaimage_header(self.path)
         if header.get("CompressedData", "False").lower() == "true" or header.get("ElementDataFile") != "LOCAL":
             return
-        if header.get("BinaryDataByteOrderMSB", "False").lower() == "true":
+        # MetaIO takes either key for the byte order
+        byte_order_msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
+        if byte_order_msb.lower() == "true":
             self._dtype = self._dtype.newbyteorder(">")
         expected = self.width * self.height * self.depth * self.components * self._dtype.itemsize
         available = self.path.stat().st_size - int(header["_data_offset"])
