@@ -73,7 +73,7 @@ def write_json_atomically(value: Any, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(value, stream, indent=2)
+            json.dump(value, stream, indent=2, allow_nan=False)  # NaN and Infinity are not JSON
             stream.write("\n")
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
