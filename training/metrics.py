@@ -24,8 +24,11 @@ def summarize(errors_mm: np.ndarray) -> dict[str, float]:
 
 
 def per_landmark(errors_mm: np.ndarray, names: list[str]) -> list[dict[str, float | str]]:
-    """The summary of each landmark on its own."""
-    return [{"landmark": f"{k + 1} {name}", **summarize(errors_mm[:, k])} for k, name in enumerate(names)]
+    """The summary of each landmark on its own; count 0 and NaN for a landmark annotated nowhere."""
+    unscored = {**dict.fromkeys(summarize(np.zeros(1)), float("nan")), "count": 0}
+    return [{"landmark": f"{k + 1} {name}",
+             **(summarize(errors_mm[:, k]) if (~np.isnan(errors_mm[:, k])).any() else unscored)}
+            for k, name in enumerate(names)]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
