@@ -50,8 +50,11 @@ def read_ground_truth(path: Path, num_images: int | None = None):
         raise ValueError(f"{path}: not a landmark ground-truth JSON ({error})") from None
     files = value.get("files")
     count = num_images or (len(files) if files else max(int(p["point"][2]) for p in points))
-    num_landmarks = max(int(p["name"]) for p in points)
-    names = value.get("landmarks") or [str(k + 1) for k in range(num_landmarks)]
+    named = value.get("landmarks") or []
+    num_landmarks = max(max(int(p["name"]) for p in points), len(named))  # the last may be annotated nowhere
+    if named and len(named) < num_landmarks:
+        raise ValueError(f"{path}: {len(named)} landmark names but points of landmark {num_landmarks}")
+    names = named or [str(k + 1) for k in range(num_landmarks)]
     landmarks = np.full((count, num_landmarks, 2), np.nan)
     spacing = np.full(count, np.nan)
     for point in points:
