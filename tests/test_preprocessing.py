@@ -1,0 +1,163 @@
+"""Padding removal, the resize and the coordinate maps between original and model pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from algorithm.preprocessing import ResizeGeometry, content_extent, normalize, prepare, resize, to_grayscale
+
+INPUT_HEIGHT, INPUT_WIDTH = 128, 96
+
+
+def padded(content: np.ndarray, pad_height: int, pad_width: int) -> np.ndarray:
+    image = np.zeros((pad_height, pad_width) + content.shape[2:], dtype=content.dtype)
+    image[: content.shape[0], : content.shape[1]] = content
+    return image
+
+
+@pytest.mark.parametrize("content_hw, padded_hw", [
+    ((100, 80), (150, 120)),   # padded right and bottom
+    ((100, 80), (100, 120)),   # right only: content touches the bottom edge
+    ((100, 80), (150, 80)),    # bottom only: content touches the right edge
+    ((100, 80), (100, 80)),    # no padding at all
+    ((1, 1), (40, 30)),        # a single pixel of content
+])
+def test_content_extent_finds_the_unpadded_size(content_hw, padded_hw):
+    content = np.random.default_rng(0).integers(1, 256, size=content_hw, dtype=np.uint8)
+    image = padded(content, *padded_hw)
+    assert content_extent(image) == content_hw
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    assert content_extent(rgb) == content_hw
+
+
+def test_content_extent_keeps_content_with_zero_pixels_inside_it():
+    content = np.full((60, 50), 7, dtype=np.uint8)
+    content[-1, 1:] = 0   # the last content row is dark except its first pixel
+    content[:-1, -1] = 0  # and the right column is dark except in the last row...
+    content[-1, -1] = 9   # ...where the bottom-right pixel is bright
+    content[20:30, :] = 0  # a dark band across the whole image
+    assert content_extent(padded(content, 90, 70)) == (60, 50)
+
+
+def test_content_extent_of_an_all_zero_image_is_its_full_size():
+    assert content_extent(np.zeros((33, 21), dtype=np.uint8)) == (33, 21)
+    assert content_extent(np.zeros((33, 21, 3), dtype=np.uint16)) == (33, 21)
+
+
+def test_to_grayscale_takes_the_first_channel_and_rejects_other_shapes():
+    image = np.arange(2 * 3 * 3).reshape(2, 3, 3)
+    np.testing.assert_array_equal(to_grayscale(image), image[..., 0])
+    with pytest.raises(ValueError):
+        to_grayscale(np.zeros((2, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("geometry", [
+    ResizeGeometry(2400, 1935, 128, 96),
+    ResizeGeometry(1671, 1340, 512, 416),
+    ResizeGeometry(60, 50, 128, 96),      # smaller than the model input
+    ResizeGeometry(301, 97, 128, 96),
+])
+def test_to_model_and_to_original_are_inverses_and_map_edges_to_edges(geometry):
+    points = np.random.default_rng(1).uniform(-0.5, 1.0, size=(50, 2)) * [geometry.content_width, geometry.content_height]
+    np.testing.assert_allclose(geometry.to_model(geometry.to_original(points)), points, atol=1e-9)
+    np.testing.assert_allclose(geometry.to_original(geometry.to_model(points)), points, atol=1e-9)
+    # the outer edges of the model input are the outer edges of the content
+    np.testing.assert_allclose(geometry.to_original([[-0.5, -0.5]]), [[-0.5, -0.5]])
+    np.testing.assert_allclose(geometry.to_original([[geometry.input_width - 0.5, geometry.input_height - 0.5]]),
+                               [[geometry.content_width - 0.5, geometry.content_height - 0.5]])
+
+
+@pytest.mark.parametrize("in_hw", [(60, 50), (128, 96), (301, 97), (1671, 1340), (2400, 1935)])
+def test_resize_samples_a_ramp_at_the_documented_positions(in_hw):
+    """Output pixel i shows original position (i + 0.5) * in / out - 0.5 (away from the clamped borders)."""
+    in_height, in_width = in_hw
+    ramp_x = np.broadcast_to(np.arange(in_width, dtype=np.float32), in_hw)
+    ramp_y = np.broadcast_to(np.arange(in_height, dtype=np.float32)[:, None], in_hw)
+    expected_x = (np.arange(INPUT_WIDTH) + 0.5) * in_width / INPUT_WIDTH - 0.5
+    expected_y = (np.arange(INPUT_HEIGHT) + 0.5) * in_height / INPUT_HEIGHT - 0.5
+    margin = max(1.0, in_height / INPUT_HEIGHT, in_width / INPUT_WIDTH) * 2
+    inner_x = (expected_x > margin) & (expected_x < in_width - 1 - margin)
+    inner_y = (expected_y > margin) & (expected_y < in_height - 1 - margin)
+    resized_x, resized_y = resize(ramp_x, INPUT_HEIGHT, INPUT_WIDTH), resize(ramp_y, INPUT_HEIGHT, INPUT_WIDTH)
+    assert resized_x.shape == resized_y.shape == (INPUT_HEIGHT, INPUT_WIDTH)
+    assert resized_x.dtype == np.float32
+    np.testing.assert_allclose(resized_x[:, inner_x], np.broadcast_to(expected_x[inner_x], (INPUT_HEIGHT, inner_x.sum())),
+                               atol=1e-2)
+    np.testing.assert_allclose(resized_y[inner_y], np.broadcast_to(expected_y[inner_y, None], (inner_y.sum(), INPUT_WIDTH)),
+                               atol=1e-2)
+
+
+def test_resize_keeps_a_constant_image_constant():
+    np.testing.assert_allclose(resize(np.full((517, 333), 42, np.uint8), INPUT_HEIGHT, INPUT_WIDTH), 42, rtol=1e-6)
+
+
+def blob_image(content_hw, padded_hw, centre_xy, sigma, dtype=np.uint16):
+    """A bright Gaussian blob on a constant, non-zero background, zero-padded at the right and bottom."""
+    height, width = content_hw
+    ys, xs = np.mgrid[0:height, 0:width]
+    blob = np.exp(-((xs - centre_xy[0]) ** 2 + (ys - centre_xy[1]) ** 2) / (2 * sigma**2))
+    background, peak = (20, 200) if dtype == np.uint8 else (300, 20000)
+    return padded(np.round(background + peak * blob).astype(dtype), *padded_hw)
+
+
+def brightness_centroid(model_input: np.ndarray) -> np.ndarray:
+    """(x, y) of the blob in model pixels, found from the image alone: the centroid above the background."""
+    weights = model_input - model_input.min()
+    weights[weights < 1e-3 * weights.max()] = 0
+    ys, xs = np.mgrid[0:model_input.shape[0], 0:model_input.shape[1]]
+    return np.array([(weights * xs).sum(), (weights * ys).sum()]) / weights.sum()
+
+
+ROUND_TRIP_CASES = [  # (content height, width), (padded height, width)
+    ((2400, 1935), (2400, 2880)),  # challenge-sized, ISBI-like content
+    ((1671, 1340), (2400, 2880)),  # challenge-sized, Hamedan-like content
+    ((200, 160), (240, 200)),
+    ((301, 97), (301, 120)),
+    ((128, 96), (128, 96)),        # the model input size itself
+    ((60, 50), (80, 64)),          # smaller than the model input
+]
+
+
+@pytest.mark.parametrize("content_hw, padded_hw", ROUND_TRIP_CASES)
+@pytest.mark.parametrize("relative_xy", [(0.31, 0.62), (0.77, 0.23)])
+def test_a_blob_comes_back_to_its_original_pixel(content_hw, padded_hw, relative_xy):
+    """prepare -> locate the blob in model space -> to_original lands within 1 px of where it was drawn."""
+    height, width = content_hw
+    centre = np.array([relative_xy[0] * width + 0.37, relative_xy[1] * height + 0.81])
+    scale = max(height / INPUT_HEIGHT, width / INPUT_WIDTH)
+    image = blob_image(content_hw, padded_hw, centre, sigma=max(2.0, 2.5 * scale))
+    model_input, geometry = prepare(image, INPUT_HEIGHT, INPUT_WIDTH, "zscore")
+    assert model_input.shape == (INPUT_HEIGHT, INPUT_WIDTH) and model_input.dtype == np.float32
+    assert (geometry.content_height, geometry.content_width) == content_hw
+    found = geometry.to_original(brightness_centroid(model_input))
+    assert np.linalg.norm(found - centre) < 1.0
+
+
+@pytest.mark.parametrize("content_hw", [(64, 48), (60, 50), (128, 96)])
+def test_a_single_bright_pixel_of_a_small_image_comes_back(content_hw):
+    x, y = 17, 29
+    content = np.full(content_hw, 10, dtype=np.uint8)
+    content[y, x] = 250
+    model_input, geometry = prepare(padded(content, content_hw[0] + 7, content_hw[1] + 5), INPUT_HEIGHT, INPUT_WIDTH,
+                                    "zscore")
+    np.testing.assert_allclose(geometry.to_original(brightness_centroid(model_input)), [x, y], atol=0.5)
+
+
+def test_prepare_treats_rgb_8_and_16_bit_versions_of_an_image_alike():
+    image = blob_image((300, 240), (320, 256), (100.3, 200.6), sigma=8, dtype=np.uint8)
+    reference, geometry = prepare(image, INPUT_HEIGHT, INPUT_WIDTH, "zscore")
+    rgb, rgb_geometry = prepare(np.repeat(image[..., None], 3, axis=2), INPUT_HEIGHT, INPUT_WIDTH, "zscore")
+    wide, wide_geometry = prepare(image.astype(np.uint16) * 257, INPUT_HEIGHT, INPUT_WIDTH, "zscore")
+    np.testing.assert_array_equal(rgb, reference)
+    np.testing.assert_allclose(wide, reference, atol=1e-4)
+    assert geometry == rgb_geometry == wide_geometry
+
+
+def test_normalize_standardises_and_survives_a_constant_image():
+    values = np.random.default_rng(2).uniform(0, 4000, size=(50, 40)).astype(np.float32)
+    normalised = normalize(values, "zscore")
+    assert abs(float(normalised.mean())) < 1e-5 and abs(float(normalised.std()) - 1) < 1e-5
+    np.testing.assert_array_equal(normalize(np.full((5, 5), 3.0, np.float32), "zscore"), 0)
+    with pytest.raises(ValueError):
+        normalize(values, "minmax")

@@ -1,0 +1,152 @@
+"""Training's pieces: the masked heatmap loss, its targets, the augmentation and the schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+
+from algorithm.codec import HeatmapCodec
+from training.augment import AugmentConfig, random_affine, random_intensity
+from training.train import TrainConfig, encode_targets, heatmap_loss, learning_rate_at
+
+HEIGHT, WIDTH, STRIDE, SIGMA = 128, 96, 2, 1.5
+CODEC = HeatmapCodec(HEIGHT, WIDTH, STRIDE, SIGMA)
+
+
+def cross_entropy(logits: np.ndarray, target: np.ndarray) -> float:
+    """-sum(q log softmax(logits)) with q the target scaled to sum 1, written out in numpy."""
+    flat = logits.ravel().astype(np.float64)
+    log_softmax = flat - flat.max() - np.log(np.exp(flat - flat.max()).sum())
+    q = target.ravel().astype(np.float64)
+    return float(-(q / q.sum() * log_softmax).sum())
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    points = torch.tensor([[[20.3, 30.7], [np.nan, np.nan], [70.0, 100.2]],
+                           [[50.5, 60.5], [10.0, 11.0], [np.nan, np.nan]]])
+    targets = encode_targets(CODEC, points, HEIGHT, WIDTH)
+    logits = torch.randn(targets.shape, requires_grad=True)
+    return logits, targets
+
+
+def test_loss_is_the_mean_cross_entropy_over_present_landmarks_only(batch):
+    logits, targets = batch
+    present = [(0, 0), (0, 2), (1, 0), (1, 1)]
+    expected = np.mean([cross_entropy(logits[b, k].detach().numpy(), targets[b, k].numpy()) for b, k in present])
+    assert heatmap_loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_missing_landmark_contributes_nothing(batch):
+    logits, targets = batch
+    assert not targets[0, 1].any() and not targets[1, 2].any()
+    loss = heatmap_loss(logits, targets)
+    loss.backward()
+    assert logits.grad[0, 1].abs().max() == 0 and logits.grad[1, 2].abs().max() == 0
+    assert logits.grad[0, 0].abs().max() > 0
+    changed = logits.detach().clone()
+    changed[0, 1] = torch.randn_like(changed[0, 1]) * 50
+    changed[1, 2] = 7.0
+    assert heatmap_loss(changed, targets).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_a_batch_without_any_landmark_has_zero_loss():
+    logits = torch.randn(2, 3, HEIGHT // STRIDE, WIDTH // STRIDE)
+    assert heatmap_loss(logits, torch.zeros_like(logits)).item() == 0.0
+
+
+def test_the_loss_is_lowest_when_the_softmax_is_the_target(batch):
+    _, targets = batch
+    present = targets[:1, :1]
+    ideal = torch.log(present.clamp_min(1e-30))
+    entropy = cross_entropy(ideal[0, 0].numpy(), present[0, 0].numpy())
+    assert heatmap_loss(ideal, present).item() == pytest.approx(entropy, rel=1e-4)
+    shifted = torch.roll(ideal, shifts=2, dims=3)
+    assert heatmap_loss(shifted, present).item() > entropy + 0.1
+
+
+def test_targets_peak_at_the_landmark_and_vanish_outside_the_frame():
+    points = torch.tensor([[[40.0, 60.0], [-3.0, 50.0], [WIDTH + 1.0, 5.0], [30.0, HEIGHT - 1.0]]])
+    targets = encode_targets(CODEC, points, HEIGHT, WIDTH)
+    assert targets.shape == (1, 4, HEIGHT // STRIDE, WIDTH // STRIDE)
+    decoded, _ = CODEC.decode(targets[0, :1].numpy())
+    np.testing.assert_allclose(decoded[0], [40.0, 60.0], atol=0.35 * STRIDE)
+    assert not targets[0, 1].any() and not targets[0, 2].any()
+    assert targets[0, 3].max() > 0.5  # on the centre of the last row: still inside
+
+
+def dot_images(points: np.ndarray, sigma: float = 1.5) -> torch.Tensor:
+    """(B, 1, H, W) black images, each with one bright Gaussian dot at its (x, y)."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    dots = [np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in points]
+    return torch.from_numpy(np.stack(dots)[:, None].astype(np.float32))
+
+
+def dot_positions(images: torch.Tensor) -> np.ndarray:
+    """(B, 2) centroid of each image's brightness."""
+    weights = images[:, 0].numpy().astype(np.float64)
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    total = weights.sum(axis=(1, 2))
+    return np.stack([(weights * xs).sum(axis=(1, 2)) / total, (weights * ys).sum(axis=(1, 2)) / total], axis=1)
+
+
+@pytest.mark.parametrize("config", [
+    AugmentConfig(),
+    AugmentConfig(rotation_degrees=35, scale=0.3, translation=0.1),
+], ids=["default", "strong"])
+def test_random_affine_moves_the_landmark_with_the_image(config):
+    rng = np.random.default_rng(1)
+    points = np.stack([rng.uniform(35, WIDTH - 35, 16), rng.uniform(40, HEIGHT - 40, 16)], axis=1)
+    warped, moved = random_affine(dot_images(points), torch.from_numpy(points).float()[:, None, :], config,
+                                  torch.Generator().manual_seed(2))
+    assert warped.shape == (16, 1, HEIGHT, WIDTH) and moved.shape == (16, 1, 2)
+    found = dot_positions(warped)
+    assert np.linalg.norm(found - moved[:, 0].numpy(), axis=1).max() < 1.0
+    assert np.linalg.norm(moved[:, 0].numpy() - points, axis=1).max() > 2.0  # the images did move
+
+
+def test_random_affine_without_any_change_is_the_identity():
+    points = np.array([[30.2, 40.7], [60.0, 90.5]])
+    images = dot_images(points)
+    still = AugmentConfig(rotation_degrees=0, scale=0, translation=0)
+    warped, moved = random_affine(images, torch.from_numpy(points).float()[:, None, :], still, torch.Generator())
+    torch.testing.assert_close(warped, images, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(moved[:, 0].numpy(), points, atol=1e-4)
+
+
+def test_random_intensity_restandardises_each_image():
+    images = torch.rand(4, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 200 + 50
+    jittered = random_intensity(images, AugmentConfig(), torch.Generator().manual_seed(4))
+    assert jittered.shape == images.shape
+    torch.testing.assert_close(jittered.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(jittered.std(dim=(1, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = TrainConfig(learning_rate=0.01, warmup_epochs=4, epochs=24)
+    assert [learning_rate_at(config, e) for e in range(4)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+    assert learning_rate_at(config, 4) == pytest.approx(0.01)
+    assert learning_rate_at(config, 14) == pytest.approx(0.005)  # half-way through the cosine
+    assert learning_rate_at(config, 24) == pytest.approx(0.0, abs=1e-12)
+    decay = [learning_rate_at(config, e) for e in range(4, 25)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def test_the_tiny_configuration_builds_a_model_of_the_codec_shape():
+    config = TrainConfig.from_dict(json.loads(TINY_CONFIG.read_text()))
+    model = config.build_model(num_landmarks=5).eval()
+    with torch.no_grad():
+        output = model(torch.zeros(2, 1, config.input_height, config.input_width))
+    assert tuple(output.shape) == (2, 5, *config.codec().heatmap_shape)
+
+
+def test_unknown_configuration_keys_are_refused():
+    with pytest.raises(ValueError, match="lerning_rate"):
+        TrainConfig.from_dict({"lerning_rate": 0.1})
+    assert math.isclose(TrainConfig.from_dict({"augment": {"gamma": 0.0}}).augment.gamma, 0.0)
