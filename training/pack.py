@@ -28,6 +28,9 @@ def pad_to_stack(images: list[np.ndarray], height: int = CHALLENGE_HEIGHT, width
             image = image[..., 0]
         if image.shape[0] > height or image.shape[1] > width:
             raise ValueError(f"image {index} of {image.shape[1]} x {image.shape[0]} does not fit in {width} x {height}")
+        if image.size and (image.min() < 0 or image.max() > 255):
+            raise ValueError(f"image {index} has values {image.min()}..{image.max()}, outside the stack's 8 bits "
+                             "(scale it to 0..255 first)")
         stack[index, : image.shape[0], : image.shape[1]] = image[..., None]
     return stack
 
