@@ -66,6 +66,14 @@ def test_pack_refuses_an_image_larger_than_the_stack(synthetic_dataset, tmp_path
     assert not (tmp_path / "s.mha").exists()
 
 
+def test_pad_to_stack_refuses_values_that_do_not_fit_8_bits():
+    wide = np.arange(12, dtype=np.uint16).reshape(3, 4) * 100  # up to 1100
+    with pytest.raises(ValueError, match="0..1100"):
+        pack.pad_to_stack([wide], 3, 4)
+    fits = np.arange(12, dtype=np.uint16).reshape(3, 4) * 20  # 16-bit storage, 8-bit values
+    np.testing.assert_array_equal(pack.pad_to_stack([fits], 4, 5)[0, :3, :4, 2], fits)
+
+
 def write_json(path, value):
     path.write_text(json.dumps(value))
     return path
