@@ -26,7 +26,7 @@ from algorithm.codec import HeatmapCodec
 from algorithm.inference import DEFAULT_MODEL_DIR
 from algorithm.metadata import MODEL_FILE, ModelMetadata
 from algorithm.preprocessing import prepare
-from algorithm.reader import ImageStack
+from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax
 from training.train import TrainConfig
 
@@ -52,7 +52,7 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, list[str]
 
 def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.ndarray:
     """Up to `count` images from a stack file or a folder of images, preprocessed as the container does."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and looks_like_image(p)) if path.is_dir() else [path]
     inputs = []
     for file in files:
         for image in ImageStack(file):
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else {}
     try:
         report = export(model, config, names, args.output, args.compare_input, trained_on, accuracy, training)
-    except (ExportMismatch, ValueError, FileNotFoundError) as error:
+    except (ExportMismatch, InputError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     size_mb = (args.output / MODEL_FILE).stat().st_size / 1e6

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -87,7 +88,8 @@ def heatmap_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def encode_targets(codec: HeatmapCodec, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Heatmap targets for (B, K, 2) model-pixel landmarks; a landmark outside the frame gets none."""
     points = points.clone()
-    outside = (points[..., 0] < 0) | (points[..., 0] > width - 1) | (points[..., 1] < 0) | (points[..., 1] > height - 1)
+    outside = ((points[..., 0] < -0.5) | (points[..., 0] > width - 0.5)
+               | (points[..., 1] < -0.5) | (points[..., 1] > height - 0.5))
     points[outside] = float("nan")
     return torch.from_numpy(np.stack([codec.encode(p) for p in points.numpy()]))
 
@@ -114,6 +116,11 @@ def atomic_save(state: dict, path: Path) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
+
+
+def save_best(model: torch.nn.Module, config: TrainConfig, names: list[str], state: dict, path: Path) -> None:
+    atomic_save({"model": model.state_dict(), "config": asdict(config), "landmark_names": names,
+                 "summary": state.get("best_summary"), "epoch": state["best_epoch"]}, path)
 
 
 def learning_rate_at(config: TrainConfig, epoch: int) -> float:
@@ -190,6 +197,10 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         state = checkpoint["state"]
         if is_main:
             print(f"resuming {output} at epoch {state['epoch'] + 1}")
+            best_path = output / "best.pt"
+            if state["best_epoch"] == state["epoch"] and (
+                    not best_path.is_file() or torch.load(best_path, weights_only=False)["epoch"] != state["epoch"]):
+                save_best(model, config, data.landmark_names, state, best_path)  # killed between the two saves
     trained_model = DistributedDataParallel(model) if world_size > 1 else model
 
     generator = torch.Generator().manual_seed(config.seed * 1000 + state["epoch"] * world_size + rank)
@@ -203,7 +214,7 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(config, epoch)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed + epoch))
-        order = order[rank::world_size]
+        order = order[: len(order) - len(order) % world_size][rank::world_size]  # same batch count per process
         trained_model.train()
         losses = []
         batches = range(0, len(order), config.batch_size)
@@ -230,13 +241,12 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
             state["epoch"] = epoch + 1
             improved = summary["MRE"] < state["best_mre"]
             if improved:
-                state["best_mre"], state["best_epoch"] = summary["MRE"], epoch + 1
-                atomic_save({"model": model.state_dict(), "config": asdict(config),
-                             "landmark_names": data.landmark_names, "summary": summary, "epoch": epoch + 1},
-                            output / "best.pt")
+                state["best_mre"], state["best_epoch"], state["best_summary"] = summary["MRE"], epoch + 1, summary
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "state": state, "config": asdict(config),
                          "landmark_names": data.landmark_names}, checkpoint_path)
+            if improved:
+                save_best(model, config, data.landmark_names, state, output / "best.pt")
             (output / "history.json").write_text(json.dumps(state["history"], indent=2) + "\n")
             plot_curves(state["history"], output / "learning_curves.png")
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val MRE {summary['MRE']:.3f} mm  "
@@ -286,7 +296,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
-    result = train(config, resume=args.resume, max_epochs_this_run=args.max_epochs_this_run)
+    try:
+        result = train(config, resume=args.resume, max_epochs_this_run=args.max_epochs_this_run)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result))
     return 0
