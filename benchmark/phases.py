@@ -37,7 +37,7 @@ def resident_mb() -> dict:
     return {key: int(fields[name].split()[0]) * 1024 / 1e6 for key, name in (("rss", "VmRSS"), ("peak", "VmHWM"))}
 
 
-def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "cpu", threads: int = 0) -> dict:
+def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto", threads: int = 0) -> dict:
     clock = time.perf_counter
     imports_s = clock() - _STARTED
     memory = {"after_imports": resident_mb()["rss"]}
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.phases", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True, help="one stack (.mha)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="folder with model.onnx and metadata.json")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="cpu")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads, 0 = its default")
     args = parser.parse_args(argv)
     json.dump(profile(args.input, args.model, args.device, args.threads), sys.stdout)

@@ -364,8 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phases-size", type=int, default=None,
                         help="N for the phase profile (default: the largest of --sizes)")
     parser.add_argument("--skip-phases", action="store_true", help="do not profile the phases")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                        help="our --device (default: %(default)s; auto also loads the CUDA libraries, then falls back)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="our --device (default: %(default)s, as the container runs)")
     parser.add_argument("--model", type=Path, default=None, help="our model folder (default: algorithm/model)")
     parser.add_argument("--seed", type=int, default=2023, help="seed of the synthetic images (default: %(default)s)")
     parser.add_argument("--stack-dir", type=Path, default=DEFAULT_RESULTS / "stacks",
