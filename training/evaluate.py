@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from algorithm.codec import DECODERS
 from algorithm.inference import DEFAULT_MODEL_DIR, LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from training.data import LandmarkData, load_data, make_split, prepare_data
@@ -32,9 +33,9 @@ def predict_with_checkpoint(path: Path, data: LandmarkData, indices: list[int]) 
     return to_original(prepared, predict_model_space(model, config.codec(), prepared.inputs, torch.device("cpu"), 4))
 
 
-def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int]) -> np.ndarray:
+def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None) -> np.ndarray:
     """(N, K, 2) original-pixel predictions through the container's inference path."""
-    detector = LandmarkDetector(model_dir, device="cpu")
+    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder)
     return np.stack(list(detector.predict(data.read_images(indices))))
 
 
@@ -87,6 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                         help="which part of the model's seeded split to score (default: test)")
     parser.add_argument("--output", type=Path, default=Path("runs/evaluation"), help="folder for the results")
+    parser.add_argument("--decoder", choices=DECODERS, help="with --model: heatmap decoding (default: the metadata's)")
     parser.add_argument("--overlays", type=int, default=6, help="how many overlay images to draw (default: 6)")
     return parser.parse_args(argv)
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         predicted = predict_with_checkpoint(args.checkpoint, data, indices)
     else:
-        predicted = predict_with_onnx(args.model, data, indices)
+        predicted = predict_with_onnx(args.model, data, indices, args.decoder)
     errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
     summary = summarize(errors)
     landmarks = per_landmark(errors, data.landmark_names)
