@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -75,27 +76,36 @@ def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Pa
             missing.append(count)
         folders[count] = folder / "input"
     if missing:
-        # imported here so that --help and cached runs stay light
-        from training.pack import pad_to_stack, write_stack
-        from training.synthetic import synthetic_set
-
         start = time.perf_counter()
         say(f"building synthetic images for stacks of {missing} (once; cached in {stack_root})")
-        # synthetic_set is deterministic per seed, so N images are the first N of max(N)
-        images, _ = synthetic_set(max(missing), NUM_LANDMARKS, seed, CONTENT_SIZES)
-        for count in missing:
-            folder = stack_root / f"n{count}"
-            shutil.rmtree(folder, ignore_errors=True)
-            partial = folder / "partial" / f"stack{count}.mha"
-            write_stack(pad_to_stack(images[:count]), partial, compress=False)
-            (folder / "input").mkdir(parents=True)
-            partial.rename(folder / "input" / partial.name)
-            partial.parent.rmdir()
-            (folder / "recipe.json").write_text(json.dumps(stack_recipe(count, seed), indent=2) + "\n")
-            say(f"  wrote {folders[count] / partial.name}")
-        del images
+        # In a separate process: memory this process keeps would count in every measured child's
+        # peak, since a forked child's ru_maxrss includes the pages it shares before exec.
+        builder = multiprocessing.get_context("spawn").Process(target=write_stacks, args=(missing, stack_root, seed))
+        builder.start()
+        builder.join()
+        if builder.exitcode != 0:
+            raise SystemExit(f"building the stacks failed (exit code {builder.exitcode})")
         say(f"stacks built in {time.perf_counter() - start:.0f} s")
     return folders
+
+
+def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
+    """Write the stacks of the given sizes (synthetic_set is deterministic per seed, so N images
+    are the first N of max(N))."""
+    from training.pack import pad_to_stack, write_stack
+    from training.synthetic import synthetic_set
+
+    images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, CONTENT_SIZES)
+    for count in counts:
+        folder = stack_root / f"n{count}"
+        shutil.rmtree(folder, ignore_errors=True)
+        partial = folder / "partial" / f"stack{count}.mha"
+        write_stack(pad_to_stack(images[:count]), partial, compress=False)
+        (folder / "input").mkdir(parents=True)
+        partial.rename(folder / "input" / partial.name)
+        partial.parent.rmdir()
+        (folder / "recipe.json").write_text(json.dumps(stack_recipe(count, seed), indent=2) + "\n")
+        say(f"  wrote {folder / 'input' / partial.name}")
 
 
 def stack_file(folder: Path) -> Path:
