@@ -1,7 +1,8 @@
 """CL-Detection 2023 entry point: every stack in the input folder to one "Multiple points" JSON.
 
-Stacks are processed in sorted file-name order and `z` counts on across them: with
-a.mha (2 images) and b.mha (3 images), b's images are z = 3, 4, 5.
+Stacks are processed in sorted file-name order (evalutils also looks into subfolders, sorted
+by path) and `z` counts on across them: with a.mha (2 images) and b.mha (3 images), b's
+images are z = 3, 4, 5.
 
     python -m algorithm.process --input DIR --output FILE [--device auto|cuda|cpu]
 """
