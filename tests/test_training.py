@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
-from training.augment import AugmentConfig, random_affine, random_intensity
+from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
 from training.train import TrainConfig, encode_targets, heatmap_loss, learning_rate_at
 
 HEIGHT, WIDTH, STRIDE, SIGMA = 128, 96, 2, 1.5
@@ -118,6 +118,16 @@ def test_random_affine_without_any_change_is_the_identity():
     warped, moved = random_affine(images, torch.from_numpy(points).float()[:, None, :], still, torch.Generator())
     torch.testing.assert_close(warped, images, atol=1e-5, rtol=0)
     np.testing.assert_allclose(moved[:, 0].numpy(), points, atol=1e-4)
+
+
+def test_random_flip_mirrors_the_landmark_with_the_image():
+    points = np.array([[30.2, 40.7], [60.0, 90.5], [10.0, 20.0], [70.4, 33.3]])
+    images = dot_images(points)
+    flipped, moved = random_flip(images, torch.from_numpy(points).float()[:, None, :], 0.5, torch.Generator().manual_seed(0))
+    was_flipped = np.abs(moved[:, 0, 0].numpy() - points[:, 0]) > 1e-6
+    assert was_flipped.any() and not was_flipped.all()  # probability 0.5 over four images
+    np.testing.assert_allclose(moved[was_flipped, 0, 0].numpy(), WIDTH - 1 - points[was_flipped, 0], atol=1e-4)
+    assert np.linalg.norm(dot_positions(flipped) - moved[:, 0].numpy(), axis=1).max() < 1.0
 
 
 def test_random_intensity_restandardises_each_image():

@@ -1,6 +1,7 @@
 """Augmentation for lateral cephalograms: small affine changes and intensity jitter, landmarks moved along.
 
-No flips: every image faces the same way, and a mirrored skull is not an image the model will meet.
+Horizontal flips are off by default (every image faces the same way); `horizontal_flip` sets
+their probability, for the ablation in the README.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class AugmentConfig:
     gamma: float = 0.3
     contrast: float = 0.2
     noise: float = 0.05
+    horizontal_flip: float = 0.0
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -43,6 +45,16 @@ def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentCon
     inverse = torch.linalg.inv(matrix)
     moved = torch.einsum("bij,bkj->bki", inverse, points - centre - shift[:, None, :]) + centre
     return warped, moved
+
+
+def random_flip(images: torch.Tensor, points: torch.Tensor, probability: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror each (B, 1, H, W) image left-right with `probability`, and its (B, K, 2) landmarks with it."""
+    flip = torch.rand(images.shape[0], generator=generator) < probability
+    width = images.shape[-1]
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    mirrored = torch.stack([width - 1 - points[..., 0], points[..., 1]], dim=-1)
+    return images, torch.where(flip[:, None, None], mirrored, points)
 
 
 def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

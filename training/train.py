@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from algorithm.codec import HeatmapCodec
-from training.augment import AugmentConfig, random_affine, random_intensity
+from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
 from training.data import PreparedData, load_data, make_split, prepare_data
 from training.metrics import radial_errors_mm, summarize
 from training.model import UNet
@@ -221,7 +221,8 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         batches = range(0, len(order), config.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not is_main, leave=False):
             index = order[start:start + config.batch_size]
-            batch, batch_points = random_affine(images[index], points[index], config.augment, generator)
+            batch, batch_points = random_flip(images[index], points[index], config.augment.horizontal_flip, generator)
+            batch, batch_points = random_affine(batch, batch_points, config.augment, generator)
             batch = random_intensity(batch, config.augment, generator)
             targets = encode_targets(codec, batch_points, config.input_height, config.input_width)
             with torch.autocast(device.type, enabled=use_amp):
