@@ -26,7 +26,7 @@ from algorithm.codec import HeatmapCodec
 from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
 from training.data import PreparedData, load_data, make_split, prepare_data
 from training.metrics import radial_errors_mm, summarize
-from training.model import UNet
+from training.model import SpatialSoftmax, UNet
 
 
 @dataclass
@@ -97,14 +97,12 @@ def encode_targets(codec: HeatmapCodec, points: torch.Tensor, height: int, width
 def predict_model_space(model: torch.nn.Module, codec: HeatmapCodec, inputs: np.ndarray, device: torch.device,
                         batch_size: int) -> np.ndarray:
     """(N, H, W) inputs to (N, K, 2) model-pixel landmarks, decoded by the container's codec."""
-    model.eval()
+    exported_form = SpatialSoftmax(model).eval()  # the graph the container runs
     points = []
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             batch = torch.from_numpy(inputs[start:start + batch_size])[:, None].to(device)
-            logits = model(batch).float()
-            probs = torch.softmax(logits.flatten(2), dim=2).reshape(logits.shape)
-            points.append(codec.decode(probs.cpu().numpy())[0])
+            points.append(codec.decode(exported_form(batch).float().cpu().numpy())[0])
     return np.concatenate(points)
 
 
