@@ -34,25 +34,36 @@ class HeatmapCodec:
     def heatmap_shape(self) -> tuple[int, int]:
         return self.input_height // self.stride, self.input_width // self.stride
 
-    def _to_heatmap(self, points_xy: np.ndarray) -> np.ndarray:
-        return (np.asarray(points_xy, dtype=np.float64) + 0.5) / self.stride - 0.5
+    def to_heatmap(self, points_xy):
+        """Model-input (x, y) to heatmap-pixel coordinates (numpy arrays and torch tensors alike)."""
+        return (points_xy + 0.5) / self.stride - 0.5
 
-    def _from_heatmap(self, points_xy: np.ndarray) -> np.ndarray:
+    def from_heatmap(self, points_xy):
+        """Heatmap-pixel (x, y) back to model-input coordinates."""
         return (points_xy + 0.5) * self.stride - 0.5
 
-    def encode(self, points_xy: np.ndarray) -> np.ndarray:
-        """(K, 2) model-input coordinates to (K, H/stride, W/stride) float32 Gaussians (peak 1).
+    def weights(self, points_xy):
+        """Per-landmark target weight: 1 inside the model input (pixel edges included), 0 when missing (NaN)
+        or moved out of the frame; (..., K, 2) to (..., K), numpy arrays and torch tensors alike."""
+        x, y = points_xy[..., 0], points_xy[..., 1]
+        inside = (x >= -0.5) & (x <= self.input_width - 0.5) & (y >= -0.5) & (y <= self.input_height - 0.5)
+        return inside * 1.0
 
-        A landmark given as NaN (missing from the ground truth) gets an all-zero map.
+    def encode(self, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K, 2) model-input coordinates to (K, H/stride, W/stride) float32 Gaussians (peak 1) and (K,) weights.
+
+        A landmark with weight 0 (missing, or outside the frame) gets an all-zero map.
         """
-        centres = self._to_heatmap(points_xy)
+        points_xy = np.asarray(points_xy, dtype=np.float64)
+        weights = self.weights(points_xy)
+        centres = self.to_heatmap(np.where(weights[:, None] > 0, points_xy, 0.0))
         height, width = self.heatmap_shape
         ys = np.arange(height, dtype=np.float64)
         xs = np.arange(width, dtype=np.float64)
         gauss_y = np.exp(-((ys[None, :] - centres[:, 1:2]) ** 2) / (2 * self.sigma**2))
         gauss_x = np.exp(-((xs[None, :] - centres[:, 0:1]) ** 2) / (2 * self.sigma**2))
-        heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :]
-        return np.nan_to_num(heatmaps, nan=0.0).astype(np.float32)
+        heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :] * weights[:, None, None]
+        return heatmaps.astype(np.float32), weights.astype(np.float32)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(..., K, h, w) heatmaps to (..., K, 2) model-input coordinates and (..., K) peak values."""
@@ -64,7 +75,7 @@ class HeatmapCodec:
         points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
         if self.decoder == "centroid":
             points = self._refine_by_centroid(flat, peak_x, peak_y)
-        points = self._from_heatmap(points)
+        points = self.from_heatmap(points)
         return points.reshape(*lead, 2), scores.reshape(*lead)
 
     def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ def inner_points(count: int, seed: int) -> np.ndarray:
 
 def test_encode_draws_the_documented_gaussian():
     point = np.array([[40.3, 71.8]])
-    heatmap = codec("centroid").encode(point)[0]
+    heatmap = codec("centroid").encode(point)[0][0]
     assert heatmap.shape == (HEIGHT // STRIDE, WIDTH // STRIDE) and heatmap.dtype == np.float32
     rows, cols = np.mgrid[0:heatmap.shape[0], 0:heatmap.shape[1]]
     distance_sq = (heatmap_pixel_position(cols) - 40.3) ** 2 + (heatmap_pixel_position(rows) - 71.8) ** 2
@@ -38,14 +38,14 @@ def test_encode_draws_the_documented_gaussian():
 
 
 def test_a_landmark_on_a_heatmap_pixel_centre_peaks_at_one_there():
-    heatmap = codec("argmax").encode(heatmap_pixel_position([[10, 20]]))[0]
+    heatmap = codec("argmax").encode(heatmap_pixel_position([[10, 20]]))[0][0]
     assert heatmap[20, 10] == pytest.approx(1.0)
     assert np.unravel_index(heatmap.argmax(), heatmap.shape) == (20, 10)
 
 
 def test_a_missing_landmark_encodes_to_an_all_zero_map():
-    heatmaps = codec("centroid").encode(np.array([[30.0, 40.0], [np.nan, np.nan], [np.nan, 12.0]]))
-    assert not np.isnan(heatmaps).any()
+    heatmaps, weights = codec("centroid").encode(np.array([[30.0, 40.0], [np.nan, np.nan], [np.nan, 12.0]]))
+    assert not np.isnan(heatmaps).any() and weights.tolist() == [1, 0, 0]
     assert heatmaps[0].max() > 0.9
     assert not heatmaps[1].any() and not heatmaps[2].any()
 
@@ -53,14 +53,14 @@ def test_a_missing_landmark_encodes_to_an_all_zero_map():
 @pytest.mark.parametrize("decoder", ["argmax", "centroid"])
 def test_landmarks_on_heatmap_pixel_centres_decode_exactly(decoder):
     points = heatmap_pixel_position(np.random.default_rng(3).integers(6, 40, size=(20, 2)))
-    decoded, scores = codec(decoder).decode(codec(decoder).encode(points))
+    decoded, scores = codec(decoder).decode(codec(decoder).encode(points)[0])
     np.testing.assert_allclose(decoded, points, atol=1e-9)
     np.testing.assert_allclose(scores, 1.0, atol=1e-6)
 
 
 def test_argmax_is_within_half_a_heatmap_pixel_of_the_landmark():
     points = inner_points(300, seed=4)
-    decoded, _ = codec("argmax").decode(codec("argmax").encode(points))
+    decoded, _ = codec("argmax").decode(codec("argmax").encode(points)[0])
     assert np.abs(decoded - points).max() <= 0.5 * STRIDE + 1e-9
     # and it lands on a heatmap pixel centre
     heatmap_position = (decoded + 0.5) / STRIDE - 0.5
@@ -70,7 +70,7 @@ def test_argmax_is_within_half_a_heatmap_pixel_of_the_landmark():
 @pytest.mark.parametrize("sigma", [1.0, 1.5, 2.0])
 def test_centroid_refines_argmax_towards_the_sub_pixel_landmark(sigma):
     points = inner_points(300, seed=5)
-    heatmaps = codec("centroid", sigma).encode(points)
+    heatmaps = codec("centroid", sigma).encode(points)[0]
     refined, _ = codec("centroid", sigma).decode(heatmaps)
     peaks, _ = codec("argmax", sigma).decode(heatmaps)
     peak_error, refined_error = np.abs(peaks - points), np.abs(refined - points)
@@ -85,7 +85,7 @@ def test_centroid_refines_argmax_towards_the_sub_pixel_landmark(sigma):
 def test_centroid_beats_argmax_at_the_tiny_configuration():
     """The model's own settings (sigma 1.5, stride 2): within a quarter heatmap pixel everywhere."""
     points = inner_points(500, seed=6)
-    refined, _ = codec("centroid").decode(codec("centroid").encode(points))
+    refined, _ = codec("centroid").decode(codec("centroid").encode(points)[0])
     assert np.abs(refined - points).max() < 0.25 * STRIDE
 
 
@@ -112,7 +112,7 @@ def test_centroid_near_the_border_is_not_pulled_inwards():
     rng = np.random.default_rng(8)
     near = rng.uniform(-0.5, 3 * STRIDE, size=(400, 2))
     points = np.where(rng.integers(0, 2, size=(400, 2)).astype(bool), near, [WIDTH - 1, HEIGHT - 1] - near)
-    heatmaps = codec("centroid").encode(points)
+    heatmaps = codec("centroid").encode(points)[0]
     refined, _ = codec("centroid").decode(heatmaps)
     peaks, _ = codec("argmax").decode(heatmaps)
     moved, needed = refined - peaks, points - peaks

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import DATASET_LANDMARKS, REPO, TINY_CONFIG, assert_valid_output, run_module
 
-from training.data import make_split
+from training.data import make_split, source_name
 from training.metrics import radial_errors_mm, summarize
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,8 @@ def test_a_run_writes_its_configuration_split_checkpoints_and_curves(run, synthe
     assert {key: config[key] for key in tiny} == tiny
     assert config["images"] == str(synthetic_dataset.images_dir) and config["epochs"] == EPOCHS
     split = json.loads((run.directory / "split.json").read_text())
-    assert split == make_split(len(synthetic_dataset.images), config["seed"], config["val_fraction"],
-                               config["test_fraction"])
+    assert split == {source_name(synthetic_dataset.images_dir): make_split(
+        len(synthetic_dataset.images), config["seed"], config["val_fraction"], config["test_fraction"])}
     assert [row["epoch"] for row in run.first_history] == [1]
     assert np.isfinite(run.first_history[0]["train_loss"]) and np.isfinite(run.first_history[0]["val_MRE"])
 
@@ -126,7 +126,7 @@ def test_evaluating_the_checkpoint_reproduces_its_validation_score(run, checkpoi
     for name in ["metrics.json", "per_landmark.md", "error_cdf.png"]:
         assert (checkpoint_evaluation / name).is_file(), name
     result = metrics(checkpoint_evaluation)
-    val = json.loads((run.directory / "split.json").read_text())["val"]
+    val = json.loads((run.directory / "split.json").read_text())[source_name(synthetic_dataset.images_dir)]["val"]
     assert result["split"] == "val" and result["num_images"] == len(val)
     # the landmark missing from the ground truth (in a validation image) is not scored
     assert synthetic_dataset.missing[0] in val
@@ -183,6 +183,6 @@ def test_the_container_runs_the_exported_model_on_a_packed_stack(tmp_path, expor
     found = assert_valid_output(json.loads(output.read_text()), len(synthetic_dataset.images), DATASET_LANDMARKS)
     # z = slice of the stack = position in the folder's `files`: scoring the validation images
     # from the container's JSON gives evaluate's number
-    val = json.loads((run.directory / "split.json").read_text())["val"]
+    val = json.loads((run.directory / "split.json").read_text())[source_name(synthetic_dataset.images_dir)]["val"]
     errors = radial_errors_mm(found[val], synthetic_dataset.landmarks[val], synthetic_dataset.spacing[val])
     assert summarize(errors)["MRE"] == pytest.approx(metrics(exported_evaluation)["summary"]["MRE"], abs=0.01)

@@ -12,7 +12,9 @@ from conftest import TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
 from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
-from training.train import TrainConfig, encode_targets, heatmap_loss, learning_rate_at
+from training.loss import heatmap_loss
+from training.targets import encode_batch
+from training.train import TrainConfig, learning_rate_at
 
 HEIGHT, WIDTH, STRIDE, SIGMA = 128, 96, 2, 1.5
 CODEC = HeatmapCodec(HEIGHT, WIDTH, STRIDE, SIGMA)
@@ -31,54 +33,67 @@ def batch():
     torch.manual_seed(0)
     points = torch.tensor([[[20.3, 30.7], [np.nan, np.nan], [70.0, 100.2]],
                            [[50.5, 60.5], [10.0, 11.0], [np.nan, np.nan]]])
-    targets = encode_targets(CODEC, points, HEIGHT, WIDTH)
+    targets, weights = encode_batch(CODEC, points)
     logits = torch.randn(targets.shape, requires_grad=True)
-    return logits, targets
+    return logits, targets, weights
 
 
 def test_loss_is_the_mean_cross_entropy_over_present_landmarks_only(batch):
-    logits, targets = batch
+    logits, targets, weights = batch
     present = [(0, 0), (0, 2), (1, 0), (1, 1)]
     expected = np.mean([cross_entropy(logits[b, k].detach().numpy(), targets[b, k].numpy()) for b, k in present])
-    assert heatmap_loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
+    assert heatmap_loss(logits, targets, weights).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_missing_landmark_contributes_nothing(batch):
-    logits, targets = batch
+    logits, targets, weights = batch
     assert not targets[0, 1].any() and not targets[1, 2].any()
-    loss = heatmap_loss(logits, targets)
+    assert weights.tolist() == [[1, 0, 1], [1, 1, 0]]
+    loss = heatmap_loss(logits, targets, weights)
     loss.backward()
     assert logits.grad[0, 1].abs().max() == 0 and logits.grad[1, 2].abs().max() == 0
     assert logits.grad[0, 0].abs().max() > 0
     changed = logits.detach().clone()
     changed[0, 1] = torch.randn_like(changed[0, 1]) * 50
     changed[1, 2] = 7.0
-    assert heatmap_loss(changed, targets).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert heatmap_loss(changed, targets, weights).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 def test_a_batch_without_any_landmark_has_zero_loss():
     logits = torch.randn(2, 3, HEIGHT // STRIDE, WIDTH // STRIDE)
-    assert heatmap_loss(logits, torch.zeros_like(logits)).item() == 0.0
+    assert heatmap_loss(logits, torch.zeros_like(logits), torch.zeros(2, 3)).item() == 0.0
 
 
 def test_the_loss_is_lowest_when_the_softmax_is_the_target(batch):
-    _, targets = batch
-    present = targets[:1, :1]
+    _, targets, _ = batch
+    present, weight = targets[:1, :1], torch.ones(1, 1)
     ideal = torch.log(present.clamp_min(1e-30))
     entropy = cross_entropy(ideal[0, 0].numpy(), present[0, 0].numpy())
-    assert heatmap_loss(ideal, present).item() == pytest.approx(entropy, rel=1e-4)
+    assert heatmap_loss(ideal, present, weight).item() == pytest.approx(entropy, rel=1e-4)
     shifted = torch.roll(ideal, shifts=2, dims=3)
-    assert heatmap_loss(shifted, present).item() > entropy + 0.1
+    assert heatmap_loss(shifted, present, weight).item() > entropy + 0.1
 
 
 def test_targets_peak_at_the_landmark_and_vanish_outside_the_frame():
     points = torch.tensor([[[40.0, 60.0], [-3.0, 50.0], [WIDTH + 1.0, 5.0], [30.0, HEIGHT - 1.0]]])
-    targets = encode_targets(CODEC, points, HEIGHT, WIDTH)
+    targets, weights = encode_batch(CODEC, points)
+    assert weights.tolist() == [[1, 0, 0, 1]]
     assert targets.shape == (1, 4, HEIGHT // STRIDE, WIDTH // STRIDE)
     decoded, _ = CODEC.decode(targets[0, :1].numpy())
     np.testing.assert_allclose(decoded[0], [40.0, 60.0], atol=0.35 * STRIDE)
     assert not targets[0, 1].any() and not targets[0, 2].any()
     assert targets[0, 3].max() > 0.5  # on the centre of the last row: still inside
+
+
+def test_the_batched_torch_targets_are_the_codecs_targets():
+    rng = np.random.default_rng(5)
+    points = rng.uniform([-8, -8], [WIDTH + 8, HEIGHT + 8], size=(3, 6, 2))
+    points[1, 2] = np.nan
+    targets, weights = encode_batch(CODEC, torch.from_numpy(points))
+    for image, image_points in enumerate(points):
+        expected_targets, expected_weights = CODEC.encode(image_points)
+        np.testing.assert_allclose(targets[image].numpy(), expected_targets, atol=1e-6)
+        np.testing.assert_array_equal(weights[image].numpy(), expected_weights)
 
 
 def dot_images(points: np.ndarray, sigma: float = 1.5) -> torch.Tensor:

@@ -25,6 +25,7 @@ class LandmarkData:
     landmarks: np.ndarray
     spacing: np.ndarray
     landmark_names: list[str]
+    name: str = ""
 
     def __len__(self) -> int:
         return len(self.landmarks)
@@ -81,10 +82,42 @@ def load_data(images: Path, annotations: Path) -> LandmarkData:
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) listed in {annotations} not in {images}: {missing[:3]}")
-        return LandmarkData(paths, landmarks, spacing, names)
+        return LandmarkData(paths, landmarks, spacing, names, source_name(images))
     stack = ImageStack(images)
     landmarks, spacing, names, _ = read_ground_truth(annotations, num_images=len(stack))
-    return LandmarkData(stack, landmarks, spacing, names)
+    return LandmarkData(stack, landmarks, spacing, names, source_name(images))
+
+
+def source_name(images: Path) -> str:
+    """A data set's short name: its folder (the parent of one called `images`), or its stack file's stem."""
+    images = Path(images).absolute()
+    if images.is_dir():
+        return images.parent.name if images.name == "images" else images.name
+    return images.stem
+
+
+def load_sources(sources: list[tuple[str, str]]) -> list[LandmarkData]:
+    """Several data sets for one run, each named uniquely, all with the same landmark list.
+
+    A set that annotates only the first landmarks of a longer list (the 19 ISBI landmarks of the
+    challenge's 38) gets NaN for the rest, which the loss and the metrics mask out.
+    """
+    datasets = [load_data(Path(images), Path(annotations)) for images, annotations in sources]
+    if not datasets:
+        raise ValueError("no data set given: use --data IMAGES ANNOTATIONS (or --images and --annotations)")
+    names = max((d.landmark_names for d in datasets), key=len)
+    seen: dict[str, int] = {}
+    for data, (images, annotations) in zip(datasets, sources):
+        own = data.landmark_names
+        if [n.lower() for n in own] != [n.lower() for n in names[:len(own)]] and not all(n.isdigit() for n in own):
+            raise ValueError(f"{annotations}: landmarks {own[:3]}... do not match {names[:3]}... of the other data sets")
+        missing = len(names) - data.landmarks.shape[1]
+        data.landmarks = np.concatenate([data.landmarks, np.full((len(data), missing, 2), np.nan)], axis=1)
+        data.landmark_names = list(names)
+        seen[data.name] = seen.get(data.name, 0) + 1
+        if seen[data.name] > 1:
+            data.name = f"{data.name}-{seen[data.name]}"
+    return datasets
 
 
 @dataclass
@@ -108,10 +141,17 @@ def prepare_data(data: LandmarkData, indices: list[int], input_height: int, inpu
     return PreparedData(np.stack(inputs), np.stack(points), geometries)
 
 
+def concatenate(parts: list[PreparedData]) -> PreparedData:
+    """One PreparedData of several (the training images of every data set)."""
+    return PreparedData(np.concatenate([p.inputs for p in parts]), np.concatenate([p.model_landmarks for p in parts]),
+                        [g for p in parts for g in p.geometries])
+
+
 def make_split(num_images: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
-    """A deterministic train/val/test split of image indices from a seed."""
+    """A deterministic train/val/test split of image indices from a seed (a test part of at least one
+    image whenever `test_fraction` > 0)."""
     order = np.random.default_rng(seed).permutation(num_images).tolist()
-    num_test = int(round(num_images * test_fraction))
+    num_test = max(1, int(round(num_images * test_fraction))) if test_fraction > 0 else 0
     num_val = max(1, int(round(num_images * val_fraction)))
     split = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
     if not split["train"]:

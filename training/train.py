@@ -23,10 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from algorithm.codec import HeatmapCodec
-from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
-from training.data import PreparedData, load_data, make_split, prepare_data
+from training.augment import AugmentConfig, augment
+from training.data import LandmarkData, PreparedData, concatenate, load_sources, make_split, prepare_data
+from training.loss import heatmap_loss
 from training.metrics import radial_errors_mm, summarize
 from training.model import SpatialSoftmax, UNet
+from training.targets import encode_batch
 
 
 @dataclass
@@ -35,6 +37,7 @@ class TrainConfig:
 
     images: str = ""
     annotations: str = ""
+    data: list[list[str]] = field(default_factory=list)
     output: str = "runs/unet"
     input_height: int = 512
     input_width: int = 416
@@ -51,6 +54,7 @@ class TrainConfig:
     warmup_epochs: int = 3
     patience: int = 25
     seed: int = 0
+    selection: str = "source_mean"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     threads: int = 0
@@ -65,33 +69,18 @@ class TrainConfig:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
         return cls(**values, augment=augment)
 
+    def sources(self) -> list[tuple[str, str]]:
+        """Every (images, annotations) data set of the run: the `data` list, then `images` with `annotations`."""
+        pairs = [(str(images), str(annotations)) for images, annotations in self.data]
+        if self.images or self.annotations:
+            pairs.append((self.images, self.annotations))
+        return pairs
+
     def codec(self) -> HeatmapCodec:
         return HeatmapCodec(self.input_height, self.input_width, self.stride, self.sigma, self.decoder)
 
     def build_model(self, num_landmarks: int) -> UNet:
         return UNet(num_landmarks, self.width, self.depth, self.stride)
-
-
-def heatmap_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between each landmark's spatial softmax and its normalised Gaussian target.
-
-    Landmarks without a target (missing, or moved out of the image) are masked out.
-    """
-    log_probs = torch.log_softmax(logits.float().flatten(2), dim=2)
-    mass = targets.flatten(2).sum(dim=2)
-    present = mass > 1e-3
-    target = targets.flatten(2) / mass.clamp_min(1e-6)[..., None]
-    per_landmark = -(target * log_probs).sum(dim=2)
-    return (per_landmark * present).sum() / present.sum().clamp_min(1)
-
-
-def encode_targets(codec: HeatmapCodec, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Heatmap targets for (B, K, 2) model-pixel landmarks; a landmark outside the frame gets none."""
-    points = points.clone()
-    outside = ((points[..., 0] < -0.5) | (points[..., 0] > width - 0.5)
-               | (points[..., 1] < -0.5) | (points[..., 1] > height - 0.5))
-    points[outside] = float("nan")
-    return torch.from_numpy(np.stack([codec.encode(p) for p in points.numpy()]))
 
 
 def predict_model_space(model: torch.nn.Module, codec: HeatmapCodec, inputs: np.ndarray, device: torch.device,
@@ -108,6 +97,37 @@ def predict_model_space(model: torch.nn.Module, codec: HeatmapCodec, inputs: np.
 
 def to_original(prepared: PreparedData, model_points: np.ndarray) -> np.ndarray:
     return np.stack([g.to_original(p) for g, p in zip(prepared.geometries, model_points)])
+
+
+SELECTIONS = ("source_mean", "pooled")
+
+
+@dataclass
+class ValidationSet:
+    """One data set's validation images, prepared once."""
+
+    data: LandmarkData
+    indices: list[int]
+    prepared: PreparedData
+
+
+def validate(model: torch.nn.Module, codec: HeatmapCodec, sets: list[ValidationSet], device: torch.device,
+             batch_size: int, selection: str) -> dict:
+    """Summaries per data set and pooled, and the score that model selection minimises.
+
+    `source_mean` (the mean of the per-set MREs) weighs every centre alike; `pooled` weighs every
+    landmark alike, so the larger set dominates.
+    """
+    errors = {}
+    for item in sets:
+        predicted = to_original(item.prepared, predict_model_space(model, codec, item.prepared.inputs, device,
+                                                                   batch_size))
+        errors[item.data.name] = radial_errors_mm(predicted, item.data.landmarks[item.indices],
+                                                  item.data.spacing[item.indices])
+    per_source = {name: summarize(value) for name, value in errors.items()}
+    pooled = summarize(np.concatenate(list(errors.values())))
+    score = pooled["MRE"] if selection == "pooled" else float(np.mean([s["MRE"] for s in per_source.values()]))
+    return {"pooled": pooled, "sources": per_source, "score": score}
 
 
 def atomic_save(state: dict, path: Path) -> None:
@@ -138,7 +158,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     figure, (loss_axis, mre_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     loss_axis.set_xlabel("epoch"), loss_axis.set_ylabel("heatmap cross-entropy"), loss_axis.legend()
-    mre_axis.plot(epochs, [row["val_MRE"] for row in history], label="validation MRE")
+    mre_axis.plot(epochs, [row["val_MRE"] for row in history], label="validation MRE, pooled", color="black")
+    for name in history[-1].get("val_sources", {}):
+        mre_axis.plot(epochs, [row["val_sources"][name]["MRE"] for row in history], label=name, linewidth=0.8)
+    mre_axis.xaxis.get_major_locator().set_params(integer=True)
+    loss_axis.xaxis.get_major_locator().set_params(integer=True)
     mre_axis.set_yscale("log")
     mre_axis.set_xlabel("epoch"), mre_axis.set_ylabel("MRE (mm, log scale)"), mre_axis.legend()
     figure.tight_layout()
@@ -172,18 +196,27 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
     if resume and not checkpoint_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
 
-    data = load_data(Path(config.images), Path(config.annotations))
-    split = make_split(len(data), config.seed, config.val_fraction, config.test_fraction)
+    if config.selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {config.selection!r}; choose one of {SELECTIONS}")
+    datasets = load_sources(config.sources())
+    splits = {d.name: make_split(len(d), config.seed, config.val_fraction, config.test_fraction) for d in datasets}
     if is_main:
         (output / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-        (output / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+        (output / "split.json").write_text(json.dumps(splits, indent=2) + "\n")
     prep = dict(input_height=config.input_height, input_width=config.input_width, normalization=config.normalization)
-    train_data = prepare_data(data, split["train"], **prep)
-    val_data = prepare_data(data, split["val"], **prep)
+    train_data = concatenate([prepare_data(d, splits[d.name]["train"], **prep) for d in datasets])
+    val_sets = [ValidationSet(d, splits[d.name]["val"], prepare_data(d, splits[d.name]["val"], **prep))
+                for d in datasets]
+    names = datasets[0].landmark_names
+    if is_main:
+        sizes = ", ".join(f"{d.name} {len(d)} images ({len(splits[d.name]['train'])} train / "
+                          f"{len(splits[d.name]['val'])} val / {len(splits[d.name]['test'])} test)" for d in datasets)
+        print(f"training on {device} ({torch.get_num_threads()} threads): {sizes}; {len(names)} landmarks; "
+              f"selection by {config.selection}; output {output}", flush=True)
     codec = config.codec()
 
     torch.manual_seed(config.seed)
-    model = config.build_model(data.landmarks.shape[1]).to(device)
+    model = config.build_model(len(names)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -199,14 +232,12 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
             best_path = output / "best.pt"
             if state["best_epoch"] == state["epoch"] and (
                     not best_path.is_file() or torch.load(best_path, weights_only=False)["epoch"] != state["epoch"]):
-                save_best(model, config, data.landmark_names, state, best_path)  # killed between the two saves
+                save_best(model, config, names, state, best_path)  # killed between the two saves
     trained_model = DistributedDataParallel(model) if world_size > 1 else model
 
-    generator = torch.Generator().manual_seed(config.seed * 1000 + state["epoch"] * world_size + rank)
-    images = torch.from_numpy(train_data.inputs)[:, None]
-    points = torch.from_numpy(train_data.model_landmarks).float()
-    val_truth = data.landmarks[split["val"]]
-    val_spacing = data.spacing[split["val"]]
+    generator = torch.Generator(device).manual_seed(config.seed * 1000 + state["epoch"] * world_size + rank)
+    images = torch.from_numpy(train_data.inputs)[:, None].to(device)
+    points = torch.from_numpy(train_data.model_landmarks).float().to(device)
     last_epoch = config.epochs if max_epochs_this_run is None else min(config.epochs, state["epoch"] + max_epochs_this_run)
 
     for epoch in range(state["epoch"], last_epoch):
@@ -218,13 +249,11 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         losses = []
         batches = range(0, len(order), config.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not is_main, leave=False):
-            index = order[start:start + config.batch_size]
-            batch, batch_points = random_flip(images[index], points[index], config.augment.horizontal_flip, generator)
-            batch, batch_points = random_affine(batch, batch_points, config.augment, generator)
-            batch = random_intensity(batch, config.augment, generator)
-            targets = encode_targets(codec, batch_points, config.input_height, config.input_width)
+            index = order[start:start + config.batch_size].to(device)
+            batch, batch_points = augment(images[index], points[index], config.augment, generator)
+            targets, weights = encode_batch(codec, batch_points)
             with torch.autocast(device.type, enabled=use_amp):
-                loss = heatmap_loss(trained_model(batch.to(device)), targets.to(device))
+                loss = heatmap_loss(trained_model(batch), targets, weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -232,25 +261,29 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
             losses.append(loss.item())
 
         if is_main:
-            predicted = to_original(val_data, predict_model_space(model, codec, val_data.inputs, device,
-                                                                  config.batch_size))
-            summary = summarize(radial_errors_mm(predicted, val_truth, val_spacing))
+            result = validate(model, codec, val_sets, device, config.batch_size, config.selection)
+            summary = result["pooled"]
             row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": learning_rate_at(config, epoch),
-                   "val_MRE": summary["MRE"], "val_SDR@2": summary["SDR@2"], "time": time.time()}
+                   "val_MRE": summary["MRE"], "val_SDR@2": summary["SDR@2"], "val_score": result["score"],
+                   "val_sources": {name: {"MRE": s["MRE"], "SDR@2": s["SDR@2"]} for name, s in result["sources"].items()},
+                   "time": time.time()}
             state["history"].append(row)
             state["epoch"] = epoch + 1
-            improved = summary["MRE"] < state["best_mre"]
+            improved = result["score"] < state["best_mre"]
             if improved:
-                state["best_mre"], state["best_epoch"], state["best_summary"] = summary["MRE"], epoch + 1, summary
+                state["best_mre"], state["best_epoch"] = result["score"], epoch + 1
+                state["best_summary"] = {**summary, "sources": result["sources"]}
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "state": state, "config": asdict(config),
-                         "landmark_names": data.landmark_names}, checkpoint_path)
+                         "landmark_names": names}, checkpoint_path)
             if improved:
-                save_best(model, config, data.landmark_names, state, output / "best.pt")
+                save_best(model, config, names, state, output / "best.pt")
             (output / "history.json").write_text(json.dumps(state["history"], indent=2) + "\n")
             plot_curves(state["history"], output / "learning_curves.png")
+            per_source = "".join(f"  {name} {s['MRE']:.3f}" for name, s in row["val_sources"].items())
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val MRE {summary['MRE']:.3f} mm  "
-                  f"SDR@2mm {summary['SDR@2']:.1f} %{'  (best)' if improved else ''}", flush=True)
+                  f"SDR@2mm {summary['SDR@2']:.1f} %{per_source if len(datasets) > 1 else ''}"
+                  f"{'  (best)' if improved else ''}", flush=True)
         stop = torch.tensor([state["epoch"] - state["best_epoch"] >= config.patience if is_main else False])
         if world_size > 1:
             dist.broadcast(stop, src=0)
@@ -273,8 +306,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--config", type=Path, help="a JSON configuration (e.g. a run's config.json)")
     parser.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pt where it stopped")
     parser.add_argument("--max-epochs-this-run", type=int, help="stop after this many epochs (resume later)")
+    parser.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "ANNOTATIONS"),
+                        help="a data set: an image folder with a JSON that lists its files, or a challenge stack "
+                        "with its train-gt.json; repeat for several centres (added to the configuration's list)")
     for item in fields(TrainConfig):
-        if item.name == "augment":
+        if item.name in ("augment", "data"):
             continue
         parser.add_argument(f"--{item.name.replace('_', '-')}", type=type(getattr(defaults, item.name)),
                             default=None, help=f"(default: {getattr(defaults, item.name)})")
@@ -287,10 +323,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if saved.is_file():
             values.update(json.loads(saved.read_text()))
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                   if f.name != "augment" and getattr(args, f.name) is not None})
+                   if f.name not in ("augment", "data") and getattr(args, f.name) is not None})
+    if args.data and not args.resume:
+        values["data"] = list(values.get("data", [])) + [list(pair) for pair in args.data]
     config = TrainConfig.from_dict(values)
-    if not config.images or not config.annotations:
-        parser.error("--images and --annotations are required (or a --config that sets them)")
+    if bool(config.images) != bool(config.annotations):
+        parser.error("--images and --annotations go together")
+    if not config.sources():
+        parser.error("give the training data: --data IMAGES ANNOTATIONS (repeatable), or --images and --annotations")
     return config, args
 
 
