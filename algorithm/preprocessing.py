@@ -91,9 +91,12 @@ def resize(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     return rows[:, cols_low] * (1 - col_weight) + rows[:, cols_high] * col_weight
 
 
+NORMALIZATIONS = ("zscore",)
+
+
 def normalize(image: np.ndarray, method: str) -> np.ndarray:
     """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike."""
-    if method != "zscore":
+    if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r} in the model metadata")
     std = float(image.std())
     return ((image - float(image.mean())) / (std if std > 0 else 1.0)).astype(np.float32)

@@ -14,7 +14,8 @@ from algorithm.codec import HeatmapCodec
 from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
 from training.loss import heatmap_loss
 from training.targets import encode_batch
-from training.train import TrainConfig, learning_rate_at
+from training.config import TrainConfig
+from training.schedule import learning_rate_at
 
 HEIGHT, WIDTH, STRIDE, SIGMA = 128, 96, 2, 1.5
 CODEC = HeatmapCodec(HEIGHT, WIDTH, STRIDE, SIGMA)

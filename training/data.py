@@ -74,6 +74,9 @@ def read_ground_truth(path: Path, num_images: int | None = None):
 def load_data(images: Path, annotations: Path) -> LandmarkData:
     """A folder of images with `files` in the JSON, or a challenge stack (.mha) with z = slice."""
     images = Path(images)
+    for path, what in ((images, "images"), (Path(annotations), "annotations")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found at {path}")
     if images.is_dir():
         landmarks, spacing, names, files = read_ground_truth(annotations)
         if not files:
@@ -96,8 +99,9 @@ def source_name(images: Path) -> str:
     return images.stem
 
 
-def load_sources(sources: list[tuple[str, str]]) -> list[LandmarkData]:
-    """Several data sets for one run, each named uniquely, all with the same landmark list.
+def load_sources(sources: list[tuple[str, str]], landmark_names: list[str] | None = None) -> list[LandmarkData]:
+    """Several data sets for one run, each named uniquely, all with the same landmark list
+    (`landmark_names`, a model's, or else the longest of the sets').
 
     A set that annotates only the first landmarks of a longer list (the 19 ISBI landmarks of the
     challenge's 38) gets NaN for the rest, which the loss and the metrics mask out.
@@ -105,11 +109,12 @@ def load_sources(sources: list[tuple[str, str]]) -> list[LandmarkData]:
     datasets = [load_data(Path(images), Path(annotations)) for images, annotations in sources]
     if not datasets:
         raise ValueError("no data set given: use --data IMAGES ANNOTATIONS (or --images and --annotations)")
-    names = max((d.landmark_names for d in datasets), key=len)
+    names = landmark_names or max((d.landmark_names for d in datasets), key=len)
     seen: dict[str, int] = {}
     for data, (images, annotations) in zip(datasets, sources):
         own = data.landmark_names
-        if [n.lower() for n in own] != [n.lower() for n in names[:len(own)]] and not all(n.isdigit() for n in own):
+        if len(own) > len(names) or ([n.lower() for n in own] != [n.lower() for n in names[:len(own)]]
+                                     and not all(n.isdigit() for n in own)):
             raise ValueError(f"{annotations}: landmarks {own[:3]}... do not match {names[:3]}... of the other data sets")
         missing = len(names) - data.landmarks.shape[1]
         data.landmarks = np.concatenate([data.landmarks, np.full((len(data), missing, 2), np.nan)], axis=1)

@@ -22,79 +22,27 @@ from algorithm.codec import DECODERS
 from algorithm.inference import DEFAULT_MODEL_DIR, LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from training.data import LandmarkData, load_sources, make_split, prepare_data, source_name
-from training.export import load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
 from training.metrics import SDR_THRESHOLDS_MM, format_table, per_landmark, radial_errors_mm, summarize
-from training.train import TrainConfig, predict_model_space, to_original
+from training.plots import image_label, plot_error_cdf, plot_overlays
+from training.validation import predict_with_torch, to_original
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
 SPLITS = ("auto", "train", "val", "test", "all")
 
 
-def predict_with_checkpoint(path: Path, data: LandmarkData, indices: list[int]) -> np.ndarray:
-    """(N, K, 2) original-pixel predictions of a torch checkpoint, decoded as the container decodes."""
-    model, config, _, _ = load_checkpoint(path)
+def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: LandmarkData,
+                            indices: list[int]) -> np.ndarray:
+    """(N, K, 2) original-pixel predictions of a torch model, decoded as the container decodes."""
     prepared = prepare_data(data, indices, config.input_height, config.input_width, config.normalization)
-    return to_original(prepared, predict_model_space(model, config.codec(), prepared.inputs, torch.device("cpu"), 4))
+    return to_original(prepared, predict_with_torch(model, config.codec(), prepared.inputs, torch.device("cpu"), 4))
 
 
 def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None) -> np.ndarray:
     """(N, K, 2) original-pixel predictions through the container's inference path."""
     detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder)
     return np.stack(list(detector.predict(data.read_images(indices))))
-
-
-def image_label(data: LandmarkData, index: int) -> str:
-    """The image's file name (folder data sets) or its slice number in the stack."""
-    return data.images[index].name if isinstance(data.images, list) else f"slice {index + 1}"
-
-
-def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
-    """Share of landmarks within each error, per data set, over the 0-8 mm range that matters."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for name, errors in errors_by_set.items():
-        pooled = np.sort(errors[~np.isnan(errors)])
-        axis.plot(pooled, np.arange(1, pooled.size + 1) / pooled.size * 100,
-                  label=f"{name}: MRE {pooled.mean():.2f} mm, {pooled.size} landmarks")
-    for threshold in SDR_THRESHOLDS_MM:
-        axis.axvline(threshold, color="dimgrey", linewidth=0.8, linestyle="--")
-        axis.text(threshold, 2, f" {threshold:g} mm", color="dimgrey", fontsize=8, rotation=90, va="bottom")
-    axis.set_xlim(0, 8), axis.set_ylim(0, 100)
-    axis.set_xlabel("radial error (mm)"), axis.set_ylabel("landmarks within (%)"), axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_overlays(data: LandmarkData, indices: list[int], predicted: np.ndarray, errors_mm: np.ndarray,
-                  folder: Path, count: int) -> None:
-    """The `count` images with the largest MRE: ground truth (green), prediction (red, numbered), error lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    worst = np.argsort(-np.nanmean(errors_mm, axis=1))[:count]
-    for position, image in zip(worst, data.read_images([indices[p] for p in worst])):
-        truth, guess = data.landmarks[indices[position]], predicted[position]
-        label = image_label(data, indices[position])
-        figure, axis = plt.subplots(figsize=(6, 7.5))
-        axis.imshow(image if image.ndim == 2 else image[..., 0], cmap="gray")
-        for (tx, ty), (px, py) in zip(truth, guess):
-            axis.plot([tx, px], [ty, py], color="yellow", linewidth=0.8)
-        axis.scatter(truth[:, 0], truth[:, 1], s=8, c="lime", label="ground truth")
-        axis.scatter(guess[:, 0], guess[:, 1], s=8, c="red", label="prediction")
-        for number, (px, py) in enumerate(guess, start=1):
-            axis.annotate(str(number), (px, py), xytext=(3, 3), textcoords="offset points", color="red", fontsize=6)
-        axis.set_title(f"{data.name} {label}: MRE {np.nanmean(errors_mm[position]):.2f} mm", fontsize=9)
-        axis.legend(loc="lower left", fontsize=7), axis.set_axis_off()
-        figure.tight_layout()
-        figure.savefig(folder / f"{data.name}_{Path(label).stem.replace(' ', '-')}.png", dpi=100)
-        plt.close(figure)
 
 
 def write_per_image(rows: list[tuple[str, str, np.ndarray]], names: list[str], path: Path) -> None:
@@ -146,12 +94,16 @@ def split_indices(data: LandmarkData, split: str, config: TrainConfig, trained_o
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.checkpoint:
-        config_values = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["config"]
-    else:
-        args.model = args.model or DEFAULT_MODEL_DIR
-        config_values = ModelMetadata.load(args.model).training.get("config", {})
-    config = TrainConfig.from_dict(config_values)
+    try:
+        if args.checkpoint:
+            model, config, names, _ = load_checkpoint(args.checkpoint)
+        else:
+            args.model = args.model or DEFAULT_MODEL_DIR
+            metadata = ModelMetadata.load(args.model)
+            config, names = TrainConfig.from_dict(metadata.training.get("config", {})), metadata.landmark_names
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {args.checkpoint or args.model}: cannot load the model ({error})", file=sys.stderr)
+        return 1
     if bool(args.images) != bool(args.annotations):
         print("error: --images and --annotations go together", file=sys.stderr)
         return 2
@@ -165,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {output} already holds results; choose another --output or add --overwrite", file=sys.stderr)
         return 1
     try:
-        datasets = load_sources(sources)
+        datasets = load_sources(sources, names)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -176,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for data, (images, annotations) in zip(datasets, sources):
         split, indices = split_indices(data, args.split, config, trained_on)
         if args.checkpoint:
-            predicted = predict_with_checkpoint(args.checkpoint, data, indices)
+            predicted = predict_with_checkpoint(model, config, data, indices)
         else:
             predicted = predict_with_onnx(args.model, data, indices, args.decoder)
         errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
@@ -189,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{data.name}, {split} ({len(indices)} images): MRE {results[data.name]['summary']['MRE']:.3f} mm, "
               f"SDR@2mm {results[data.name]['summary']['SDR@2']:.1f} %", flush=True)
 
-    names = datasets[0].landmark_names
     errors = np.concatenate(all_errors)
     summary, landmarks = summarize(errors), per_landmark(errors, names)
     splits = {r["split"] for r in results.values()}

@@ -28,26 +28,18 @@ from algorithm.metadata import MODEL_FILE, ModelMetadata
 from algorithm.preprocessing import prepare
 from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax
-from training.train import TrainConfig
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
 
 # ONNX Runtime must agree with torch to this fraction of the largest probability,
 # and the decoded landmarks to this many model-input pixels.
 RELATIVE_TOLERANCE = 1e-3
 LANDMARK_TOLERANCE_PX = 0.05
-DEFAULT_COMPARE_INPUT = Path(__file__).resolve().parent.parent / "test" / "input" / "images" / "lateral-dental-x-rays"
+SMOKE_INPUT = Path(__file__).resolve().parent.parent / "test" / "input" / "images" / "lateral-dental-x-rays"
 
 
 class ExportMismatch(RuntimeError):
     """ONNX Runtime and torch disagree on the exported model."""
-
-
-def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, list[str], dict]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    names = checkpoint["landmark_names"]
-    model = config.build_model(len(names))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), config, names, checkpoint
 
 
 def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.ndarray:
@@ -109,9 +101,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--untrained", type=Path, metavar="CONFIG",
                         help="export a randomly initialised model of this JSON configuration (placeholders, tests)")
     parser.add_argument("--num-landmarks", type=int, default=38, help="with --untrained (default: 38)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)")
-    parser.add_argument("--compare-input", type=Path, default=DEFAULT_COMPARE_INPUT,
-                        help="stack or folder of images to compare torch and ONNX Runtime on (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="model folder (default: the container's, %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    parser.add_argument("--compare-input", type=Path,
+                        help="stack or folder of images to compare torch and ONNX Runtime on (default: the "
+                        "checkpoint's first training data set where it is found, else the synthetic smoke stack "
+                        f"in {SMOKE_INPUT.relative_to(SMOKE_INPUT.parents[3])})")
     parser.add_argument("--trained-on", default=None, help="description of the training data for the metadata")
     parser.add_argument("--accuracy", type=Path, help="a metrics JSON from training.evaluate to record in the metadata")
     return parser.parse_args(argv)
@@ -120,18 +116,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.checkpoint:
-        model, config, names, checkpoint = load_checkpoint(args.checkpoint)
+        try:
+            model, config, names, checkpoint = load_checkpoint(args.checkpoint)
+        except (OSError, KeyError, ValueError) as error:
+            print(f"error: {args.checkpoint}: cannot load the checkpoint ({error})", file=sys.stderr)
+            return 1
         training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch")}
-        trained_on = args.trained_on or f"{config.images} with {config.annotations}"
+        trained_on = args.trained_on or "; ".join(f"{images} with {annotations}" for images, annotations
+                                                  in config.sources())
     else:
         config = TrainConfig.from_dict(json.loads(args.untrained.read_text()))
         torch.manual_seed(config.seed)
         names = [str(k + 1) for k in range(args.num_landmarks)]
         model, training = config.build_model(len(names)).eval(), {"config": json.loads(args.untrained.read_text())}
         trained_on = args.trained_on or "untrained: random weights, a placeholder that finds no landmark"
+    found = [Path(images) for images, _ in config.sources() if Path(images).exists()]
+    compare_input = args.compare_input or (found[0] if found else SMOKE_INPUT)
+    if (args.output / MODEL_FILE).exists() and not args.overwrite:
+        print(f"error: {args.output} already holds a model; add --overwrite to replace it, or choose another "
+              "--output", file=sys.stderr)
+        return 1
+    print(f"comparing torch and ONNX Runtime on images of {compare_input}")
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else {}
     try:
-        report = export(model, config, names, args.output, args.compare_input, trained_on, accuracy, training)
+        report = export(model, config, names, args.output, compare_input, trained_on, accuracy, training)
     except (ExportMismatch, InputError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

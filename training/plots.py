@@ -1,0 +1,88 @@
+"""The figures a run and an evaluation write: learning curves, the error CDF and prediction overlays.
+
+Matplotlib is imported inside each function with the Agg backend, so nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data import LandmarkData
+from training.metrics import SDR_THRESHOLDS_MM
+
+
+def image_label(data: LandmarkData, index: int) -> str:
+    """The image's file name (folder data sets) or its slice number in the stack."""
+    return data.images[index].name if isinstance(data.images, list) else f"slice {index + 1}"
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, mre_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    loss_axis.set_xlabel("epoch"), loss_axis.set_ylabel("heatmap cross-entropy"), loss_axis.legend()
+    mre_axis.plot(epochs, [row["val_MRE"] for row in history], label="validation MRE, pooled", color="black")
+    for name in history[-1].get("val_sources", {}):
+        mre_axis.plot(epochs, [row["val_sources"][name]["MRE"] for row in history], label=name, linewidth=0.8)
+    mre_axis.xaxis.get_major_locator().set_params(integer=True)
+    loss_axis.xaxis.get_major_locator().set_params(integer=True)
+    mre_axis.set_yscale("log")
+    mre_axis.set_xlabel("epoch"), mre_axis.set_ylabel("MRE (mm, log scale)"), mre_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
+    """Share of landmarks within each error, per data set, over the 0-8 mm range that matters."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name, errors in errors_by_set.items():
+        pooled = np.sort(errors[~np.isnan(errors)])
+        axis.plot(pooled, np.arange(1, pooled.size + 1) / pooled.size * 100,
+                  label=f"{name}: MRE {pooled.mean():.2f} mm, {pooled.size} landmarks")
+    for threshold in SDR_THRESHOLDS_MM:
+        axis.axvline(threshold, color="dimgrey", linewidth=0.8, linestyle="--")
+        axis.text(threshold, 2, f" {threshold:g} mm", color="dimgrey", fontsize=8, rotation=90, va="bottom")
+    axis.set_xlim(0, 8), axis.set_ylim(0, 100)
+    axis.set_xlabel("radial error (mm)"), axis.set_ylabel("landmarks within (%)"), axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_overlays(data: LandmarkData, indices: list[int], predicted: np.ndarray, errors_mm: np.ndarray,
+                  folder: Path, count: int) -> None:
+    """The `count` images with the largest MRE: ground truth (green), prediction (red, numbered), error lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    worst = np.argsort(-np.nanmean(errors_mm, axis=1))[:count]
+    for position, image in zip(worst, data.read_images([indices[p] for p in worst])):
+        truth, guess = data.landmarks[indices[position]], predicted[position]
+        label = image_label(data, indices[position])
+        figure, axis = plt.subplots(figsize=(6, 7.5))
+        axis.imshow(image if image.ndim == 2 else image[..., 0], cmap="gray")
+        for (tx, ty), (px, py) in zip(truth, guess):
+            axis.plot([tx, px], [ty, py], color="yellow", linewidth=0.8)
+        axis.scatter(truth[:, 0], truth[:, 1], s=8, c="lime", label="ground truth")
+        axis.scatter(guess[:, 0], guess[:, 1], s=8, c="red", label="prediction")
+        for number, (px, py) in enumerate(guess, start=1):
+            axis.annotate(str(number), (px, py), xytext=(3, 3), textcoords="offset points", color="red", fontsize=6)
+        axis.set_title(f"{data.name} {label}: MRE {np.nanmean(errors_mm[position]):.2f} mm", fontsize=9)
+        axis.legend(loc="lower left", fontsize=7), axis.set_axis_off()
+        figure.tight_layout()
+        figure.savefig(folder / f"{data.name}_{Path(label).stem.replace(' ', '-')}.png", dpi=100)
+        plt.close(figure)
