@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -390,6 +391,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baseline_sizes = [] if args.skip_baseline else sorted(set(args.baseline_sizes or args.sizes))
     args.options_size = None if args.skip_options else (args.options_size or min(args.sizes))
     args.phases_size = None if args.skip_phases else (args.phases_size or max(args.sizes))
+    if args.baseline_sizes:
+        missing = [name for name in ("torch", "skimage") if importlib.util.find_spec(name) is None]
+        if missing:
+            parser.error(f"the baseline needs {' and '.join(missing)}: pip install -r benchmark/requirements.txt "
+                         "(or run with --skip-baseline)")
     return args
 
 

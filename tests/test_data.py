@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import PACKED_HEIGHT, PACKED_WIDTH, pad_gray, save_image
+from conftest import PACKED_HEIGHT, PACKED_WIDTH, pad_gray, run_module, save_image
 
 from training import pack
 from training.data import load_data, make_split, read_ground_truth
@@ -43,6 +43,23 @@ def test_pack_makes_a_challenge_stack_of_the_padded_images(synthetic_dataset, pa
     rewritten = json.loads(packed_dataset.annotations.read_text())
     assert "files" not in rewritten
     assert rewritten["points"] == original["points"] and rewritten["landmarks"] == original["landmarks"]
+
+
+def test_pack_can_pack_a_subset_with_its_ground_truth_renumbered(synthetic_dataset, tmp_path):
+    stack, annotations = tmp_path / "three.mha", tmp_path / "three-gt.json"
+    result = run_module("training.pack", "--images", synthetic_dataset.images_dir,
+                        "--annotations", synthetic_dataset.annotations, "--output", stack, "--gt-output", annotations,
+                        "--height", PACKED_HEIGHT, "--width", PACKED_WIDTH, "--files", "case_08.png", "case_03.png")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 images" in result.stdout
+    data = load_data(stack, annotations)
+    expected = pad_gray([synthetic_dataset.images[i] for i in (7, 2)], PACKED_HEIGHT, PACKED_WIDTH)
+    for image, wanted in zip(data.read_images(), expected):
+        np.testing.assert_array_equal(image[..., 0], wanted)
+    np.testing.assert_array_equal(data.landmarks, synthetic_dataset.landmarks[[7, 2]])
+    unknown = run_module("training.pack", "--images", synthetic_dataset.images_dir, "--annotations",
+                         synthetic_dataset.annotations, "--output", tmp_path / "x.mha", "--files", "nope.png")
+    assert unknown.returncode == 1 and "nope.png" in unknown.stderr and not (tmp_path / "x.mha").exists()
 
 
 def test_stack_layout_gives_the_same_data_with_z_as_slice(synthetic_dataset, packed_dataset):

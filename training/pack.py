@@ -2,7 +2,8 @@
 
 The stack is what the container reads: N images of 3 x uint8 (R = G = B), each at the top-left
 and zero-padded at the right and bottom to one size (2400 x 2880 by default, the challenge's).
-With --annotations, the folder's ground truth is rewritten with z = slice and no `files` list.
+With --gt-output, the folder's ground truth is rewritten with z = slice and no `files` list.
+--files or --first packs a subset (e.g. a 3-image stack to try the container on).
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ def write_stack(stack: np.ndarray, path: Path, compress: bool = False) -> None:
     sitk.WriteImage(image, str(path), useCompression=compress)
 
 
+def subset_indices(files: list[str], names: list[str] | None, first: int | None) -> list[int]:
+    """Positions in the JSON's `files` of the images to pack: the named ones, the first N, or all."""
+    if names:
+        unknown = [name for name in names if name not in files]
+        if unknown:
+            raise ValueError(f"not in the annotations' files list: {', '.join(unknown)}")
+        return [files.index(name) for name in names]
+    return list(range(len(files)))[:first]
+
+
+def renumbered_ground_truth(value: dict, indices: list[int]) -> dict:
+    """The ground truth of the packed images only, with z = their slice in the stack and no `files` list."""
+    slice_of = {index + 1: position + 1 for position, index in enumerate(indices)}
+    points = [{**p, "point": [p["point"][0], p["point"][1], slice_of[int(round(p["point"][2]))]]}
+              for p in value["points"] if int(round(p["point"][2])) in slice_of]
+    return {**{key: item for key, item in value.items() if key != "files"}, "points": points}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
@@ -51,18 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=CHALLENGE_HEIGHT, help="padded height (default: %(default)s)")
     parser.add_argument("--width", type=int, default=CHALLENGE_WIDTH, help="padded width (default: %(default)s)")
     parser.add_argument("--compress", action="store_true", help="zlib-compress the stack (smaller, slower to read)")
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument("--files", nargs="+", metavar="NAME", help="pack only these images (names as in `files`)")
+    subset.add_argument("--first", type=int, metavar="N", help="pack only the first N images")
     args = parser.parse_args(argv)
     try:
+        if not args.images.is_dir():
+            raise ValueError(f"--images {args.images}: give a folder of images (it is already a stack otherwise)")
         data = load_data(args.images, args.annotations)
-        write_stack(pad_to_stack(list(data.read_images()), args.height, args.width), args.output, args.compress)
+        indices = subset_indices([path.name for path in data.images], args.files, args.first)
+        write_stack(pad_to_stack(list(data.read_images(indices)), args.height, args.width), args.output,
+                    args.compress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.gt_output:
-        value = json.loads(args.annotations.read_text())
-        value.pop("files", None)
+        value = renumbered_ground_truth(json.loads(args.annotations.read_text()), indices)
         args.gt_output.write_text(json.dumps(value, indent=2) + "\n")
-    print(f"wrote {len(data)} images to {args.output}")
+    print(f"wrote {len(indices)} images to {args.output}")
     return 0
 
 
