@@ -55,7 +55,7 @@ def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
         axis.text(threshold, 2, f" {threshold:g} mm", color="dimgrey", fontsize=8, rotation=90, va="bottom")
     axis.set_xlim(0, 8), axis.set_ylim(0, 100)
     axis.set_xlabel("radial error (mm)"), axis.set_ylabel("landmarks within (%)"), axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="center right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
