@@ -11,8 +11,9 @@ import numpy as np
 import onnxruntime as ort
 
 from algorithm.codec import HeatmapCodec
-from algorithm.metadata import MODEL_FILE, ModelMetadata
+from algorithm.metadata import METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
 from algorithm.preprocessing import prepare
+from algorithm.reader import describe
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # the CUDA fallback is reported below, once and clearly
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=_providers_for(device))
+    providers = _providers_for(device)
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as error:  # ONNX Runtime's own exception types derive from Exception only
+        raise ModelError(f"{model_path}: not a model ONNX Runtime can load ({describe(error)})") from None
     running = session.get_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in running:
         raise DeviceError("--device cuda: no usable GPU (the CUDA provider did not start); use --device cpu or auto")
@@ -58,21 +63,66 @@ def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> 
     return session
 
 
+def _static_dims(value: object) -> list[int | None]:
+    """An ONNX tensor shape with named or unknown dimensions as None."""
+    return [dim if isinstance(dim, int) else None for dim in value.shape]
+
+
+def _shape_text(dims: list[int | None]) -> str:
+    return "(N, " + ", ".join("?" if dim is None else str(dim) for dim in dims) + ")"
+
+
+def check_graph(session: ort.InferenceSession, meta: ModelMetadata, model_path: Path) -> None:
+    """The metadata must describe the graph: an (N, 1, H, W) float input of its size and (N, K, H/stride,
+    W/stride) heatmaps, one channel per landmark name. Named dimensions are measured on a blank image."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    where = f"{model_path}: does not match its {METADATA_FILE}"
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        raise ModelError(f"{where}: the model should take one float (N, 1, H, W) input")
+    expected_input = [1, meta.input_height, meta.input_width]
+    input_dims = _static_dims(inputs[0])[1:]
+    if any(dim is not None and dim != want for dim, want in zip(input_dims, expected_input)):
+        raise ModelError(f"{where}: the model takes {_shape_text(input_dims)} inputs, the metadata says "
+                         f"{_shape_text(expected_input)}")
+    if len(outputs[0].shape) != 4:
+        raise ModelError(f"{where}: the model should give (N, K, h, w) heatmaps")
+    output_dims = _static_dims(outputs[0])[1:]
+    if None in output_dims:
+        blank = np.zeros((1, *expected_input), dtype=np.float32)
+        try:
+            output_dims = list(session.run(None, {inputs[0].name: blank})[0].shape[1:])
+        except Exception as error:  # ONNX Runtime's own exception types derive from Exception only
+            raise ModelError(f"{where}: the model fails on a {_shape_text(expected_input)} input "
+                             f"({describe(error)})") from None
+    stride = meta.heatmap_stride
+    expected_output = [meta.num_landmarks, meta.input_height // stride, meta.input_width // stride]
+    if output_dims != expected_output:
+        raise ModelError(f"{where}: the model gives {_shape_text(output_dims)} heatmaps, the metadata's "
+                         f"{meta.num_landmarks} landmark names and heatmap stride {stride} mean "
+                         f"{_shape_text(expected_output)}")
+
+
 class LandmarkDetector:
     """The exported model with the preprocessing and decoding its metadata describes."""
 
     def __init__(self, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto", threads: int = 0,
                  batch_size: int = 1, decoder: str | None = None) -> None:
-        model_dir = Path(model_dir)
-        if not (model_dir / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"no {MODEL_FILE} in {model_dir}")
+        model_path = Path(model_dir) / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelError(f"{model_path}: not found")
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if threads < 0:
+            raise ValueError("threads must be 0 (ONNX Runtime's choice) or more")
         self.metadata = ModelMetadata.load(model_dir)
         meta = self.metadata
-        self.codec = HeatmapCodec(meta.input_height, meta.input_width, meta.heatmap_stride,
-                                  meta.heatmap_sigma, decoder or meta.decoder)
-        self.session = create_session(model_dir / MODEL_FILE, device, threads)
+        try:
+            self.codec = HeatmapCodec(meta.input_height, meta.input_width, meta.heatmap_stride,
+                                      meta.heatmap_sigma, decoder or meta.decoder)
+        except ValueError as error:
+            raise ModelError(f"{Path(model_dir) / METADATA_FILE}: {error}") from None
+        self.session = create_session(model_path, device, threads)
+        check_graph(self.session, meta, model_path)
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size
 

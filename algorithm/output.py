@@ -66,6 +66,29 @@ def schema_errors(value: Any) -> list[str]:
     return errors
 
 
+class OutputError(Exception):
+    """The output file cannot be written where asked; the message names it."""
+
+
+def check_output_path(path: Path) -> None:
+    """Fail before any work when `path` cannot be written: a folder, under a file, or in a folder not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; --output names the file to write")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: exists and is not a regular file (a device, pipe or socket)")
+    folder = path.parent
+    while not folder.exists():  # missing folders are created when writing
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write in {folder} ({error.strerror or error})") from None
+
+
 def write_json_atomically(value: Any, path: Path) -> None:
     """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)

@@ -48,17 +48,31 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _holds_nonzero(gray: np.ndarray, axis: int) -> np.ndarray:
+    """Per row (axis=1) or column (axis=0): whether any value is not exactly 0.
+
+    The maximum alone decides for unsigned pixels; signed and floating-point ones can be negative,
+    so a line whose maximum is 0 may still be content, and its minimum is looked at too.
+    """
+    nonzero = gray.max(axis=axis) != 0
+    if gray.dtype.kind == "u":
+        return nonzero
+    return nonzero | (gray.min(axis=axis) != 0)
+
+
 def content_extent(image: np.ndarray) -> tuple[int, int]:
     """Height and width of the image without its zero padding at the right and bottom.
 
+    Padding is the rows at the bottom and the columns at the right that are exactly 0 throughout,
+    whatever the pixel type: a row with any non-zero value (negative ones included) is content.
     An all-zero image has no content; its full size is returned so that it is still processed.
     """
     gray = to_grayscale(image)
-    nonzero_rows = np.flatnonzero(gray.max(axis=1))
+    nonzero_rows = np.flatnonzero(_holds_nonzero(gray, axis=1))
     if nonzero_rows.size == 0:
         return gray.shape[0], gray.shape[1]
     height = int(nonzero_rows[-1]) + 1
-    nonzero_cols = np.flatnonzero(gray[:height].max(axis=0))
+    nonzero_cols = np.flatnonzero(_holds_nonzero(gray[:height], axis=0))
     return height, int(nonzero_cols[-1]) + 1
 
 
@@ -95,11 +109,15 @@ NORMALIZATIONS = ("zscore",)
 
 
 def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike."""
+    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike.
+
+    The mean and standard deviation are taken in float64: squared float32 deviations overflow for
+    pixel values beyond about 1e19, which the reader accepts (up to its MAX_ABS_PIXEL_VALUE).
+    """
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r} in the model metadata")
-    std = float(image.std())
-    return ((image - float(image.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+    std = float(image.std(dtype=np.float64))
+    return ((image - float(image.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):

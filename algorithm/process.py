@@ -1,8 +1,8 @@
 """CL-Detection 2023 entry point: every stack in the input folder to one "Multiple points" JSON.
 
-Stacks are processed in sorted file-name order (evalutils also looks into subfolders, sorted
-by path) and `z` counts on across them: with a.mha (2 images) and b.mha (3 images), b's
-images are z = 3, 4, 5.
+Stacks are processed in sorted path order, subfolders included (`algorithm.inputs` lists them as
+evalutils would), and `z` counts on across them: with a.mha (2 images) and b.mha (3 images), b's
+images are z = 3, 4, 5. Any failure ends in one `error:` line naming the file and no output.
 
     python -m algorithm.process --input DIR --output FILE [--device auto|cuda|cpu]
 """
@@ -18,12 +18,14 @@ import numpy as np
 from evalutils import DetectionAlgorithm
 from evalutils.exceptions import FileLoaderError, ValidationError
 from evalutils.io import ImageLoader
-from evalutils.validators import UniqueImagesValidator
+from evalutils.validators import DataFrameValidator
 
 from algorithm.codec import DECODERS
 from algorithm.inference import DEFAULT_MODEL_DIR, DEVICES, DeviceError, LandmarkDetector
-from algorithm.output import multiple_points, schema_errors, write_json_atomically
-from algorithm.reader import ImageStack, InputError, looks_like_image
+from algorithm.inputs import scan_input
+from algorithm.metadata import ModelError
+from algorithm.output import OutputError, check_output_path, multiple_points, schema_errors, write_json_atomically
+from algorithm.reader import ImageStack, InputError, InputScope, describe, looks_like_image
 
 logger = logging.getLogger("algorithm")
 
@@ -34,45 +36,85 @@ DEFAULT_OUTPUT = Path("/output/orthodontic-landmarks.json")
 class StackLoader(ImageLoader):
     """evalutils loader that reads headers only and hashes file bytes, never a whole stack."""
 
-    @staticmethod
-    def load_image(fname: Path) -> ImageStack:
-        return ImageStack(fname)
+    def __init__(self) -> None:
+        self.scope: InputScope | None = None  # the input tree's, once it is scanned
+
+    def load_image(self, fname: Path) -> ImageStack:
+        return ImageStack(fname, self.scope)
 
     @staticmethod
     def hash_image(image: ImageStack) -> str:
         return image.content_hash()
 
     def load(self, *, fname: Path) -> list[dict]:
-        if fname.is_dir():
-            raise FileLoaderError(f"{fname.name} is a folder")
         try:
             stack = self.load_image(fname)
-        except InputError:
+        except InputError as error:
             if looks_like_image(fname):
                 raise  # a broken image must not silently shift the z of every later image
-            raise FileLoaderError(f"{fname.name} is not an image") from None
-        return [{"hash": self.hash_image(stack), "path": fname}]
+            raise FileLoaderError(f"{error}; skipped, as its name is not an image's either") from None
+        return [{"hash": self.hash_image(stack), "path": fname, "label": stack.label}]
+
+
+class UniqueStacksValidator(DataFrameValidator):
+    """Refuse a file given twice (the same bytes), naming both, where evalutils' validator names neither."""
+
+    def validate(self, *, df: list[dict]) -> None:
+        first_with: dict[str, str] = {}
+        for case in df:
+            if case["hash"] in first_with:
+                raise ValidationError(f"{case['label']}: the same file as {first_with[case['hash']]}; "
+                                      "each image must be given once")
+            first_with[case["hash"]] = case["label"]
 
 
 class OrthodonticLandmarks(DetectionAlgorithm):
-    """Detect the model's landmarks on every image of every stack in the input folder."""
+    """Detect the model's landmarks on every image of every stack in the input folder.
+
+    evalutils' `process()` drives it (load, validate, process_cases, save); the cases are a list of
+    dicts in file order rather than a data frame, and the files come from `algorithm.inputs`.
+    """
 
     def __init__(self, input_dir: Path, output_file: Path, detector: LandmarkDetector) -> None:
+        self.loader = StackLoader()
         super().__init__(
             index_key="input_image",
-            file_loaders={"input_image": StackLoader()},
-            validators={"input_image": (UniqueImagesValidator(),)},
+            file_loaders={"input_image": self.loader},
+            validators={"input_image": (UniqueStacksValidator(),)},
             input_path=Path(input_dir),
             output_file=Path(output_file),
         )
         self.detector = detector
 
-    def process_case(self, *, idx: int, case) -> list[np.ndarray]:
+    def load(self) -> None:
+        """Every file `algorithm.inputs` lists (evalutils' own listing misses linked folders) through StackLoader."""
+        files, self.loader.scope = scan_input(self._input_path)
+        cases = []
+        for path in files:
+            try:
+                cases += self.loader.load(fname=path)
+            except FileLoaderError as skipped:
+                logger.warning("%s", skipped)
+        if not cases:
+            raise FileLoaderError(f"{self._input_path}: no readable image in the input folder")
+        self._cases[self._index_key] = cases
+
+    def process_cases(self, file_loader_key: str | None = None) -> None:
+        """Each case in file order, as evalutils does, on the list `load` makes."""
+        cases = self._cases[file_loader_key or self._index_key]
+        self._case_results = [self.process_case(idx=index, case=case) for index, case in enumerate(cases)]
+
+    def process_case(self, *, idx: int, case: dict) -> list[np.ndarray]:
         # evalutils would hash the whole file again here; the header was checked when loading
-        path = case["path"]
-        stack = ImageStack(path)
-        logger.info("%s: %d image(s) of %d x %d", path.name, len(stack), stack.width, stack.height)
-        return self.predict(input_image=stack)
+        stack = ImageStack(case["path"], self.loader.scope)
+        logger.info("%s: %d image(s) of %d x %d", stack.label, len(stack), stack.width, stack.height)
+        try:
+            return self.predict(input_image=stack)
+        except InputError:
+            raise
+        except Exception as error:  # whatever fails on this file's images is reported with its name
+            logger.debug("processing %s failed", stack.label, exc_info=True)
+            raise InputError(f"{stack.label}: processing failed ({describe(error)})") from None
 
     def predict(self, *, input_image: ImageStack) -> list[np.ndarray]:
         return list(self.detector.predict(input_image))
@@ -83,7 +125,10 @@ class OrthodonticLandmarks(DetectionAlgorithm):
         errors = schema_errors(value)
         if errors:
             raise RuntimeError(f"refusing to write an invalid output: {errors[0]}")
-        write_json_atomically(value, self._output_file)
+        try:
+            write_json_atomically(value, self._output_file)
+        except OSError as error:
+            raise OutputError(f"{self._output_file}: cannot be written ({describe(error)})") from None
         logger.info("wrote %d landmarks of %d image(s) to %s", len(value["points"]), len(landmarks), self._output_file)
 
 
@@ -110,19 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        check_output_path(args.output)  # before any work, not after all of it
         if not args.input.is_dir():
-            raise InputError(f"input folder {args.input} does not exist")
+            problem = "is not a folder" if args.input.exists() else "does not exist"
+            raise InputError(f"{args.input}: the input folder {problem}")
         detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder)
         OrthodonticLandmarks(args.input, args.output, detector).process()
-    except FileLoaderError:
-        print(f"error: no readable image in {args.input}", file=sys.stderr)
-        return 1
-    except (InputError, DeviceError, ValidationError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (InputError, ModelError, OutputError, DeviceError, ValidationError, FileLoaderError, ValueError) as error:
+        print(f"error: {describe(error)}", file=sys.stderr)
         return 1
     except Exception as error:  # still one clear last line, after the traceback in the log
         logger.exception("unexpected failure")
-        print(f"error: unexpected failure: {error}", file=sys.stderr)
+        print(f"error: unexpected failure: {describe(error)}", file=sys.stderr)
         return 1
     return 0
 
