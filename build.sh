@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the submission image.
-#   IMAGE              tag to build (default cldetection2023-landmarks)
+#   IMAGE              tag to build (default: image.env's)
 #   BASE_IMAGE         the Python base (default python:3.11-slim-bookworm; without a
 #                      registry: BASE_IMAGE=$(.ci/make-base-image.sh) ./build.sh)
 #   DOCKER_BUILD_ARGS  extra `docker build` options, split on spaces, e.g. "--network host"
 #                      where the build's default network cannot reach the package index
 set -euo pipefail
 cd "$(dirname "$0")"
-IMAGE=${IMAGE:-cldetection2023-landmarks}
+. ./image.env
+IMAGE=${IMAGE:-$DEFAULT_IMAGE}
 BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim-bookworm}
 # shellcheck disable=SC2086  # DOCKER_BUILD_ARGS is a list of options
 docker build ${DOCKER_BUILD_ARGS:-} --build-arg BASE_IMAGE="$BASE_IMAGE" --tag "$IMAGE" .

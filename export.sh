@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the image and write its gzip'd `docker save` for upload to grand-challenge.
-#   IMAGE        image tag (default cldetection2023-landmarks); BASE_IMAGE etc. go to build.sh
+#   IMAGE        image tag (default: image.env's); BASE_IMAGE etc. go to build.sh
 #   EXPORT_FILE  where to write it (default export/<image>.tar.gz)
 #   GZIP_LEVEL   1 (fast) .. 9 (small), default 6
 set -euo pipefail
 cd "$(dirname "$0")"
-IMAGE=${IMAGE:-cldetection2023-landmarks}
+. ./image.env
+IMAGE=${IMAGE:-$DEFAULT_IMAGE}
 name=${IMAGE//\//-}
 EXPORT_FILE=${EXPORT_FILE:-export/${name//:/-}.tar.gz}
 GZIP_LEVEL=${GZIP_LEVEL:-6}

@@ -11,24 +11,12 @@ import numpy as np
 import onnxruntime as ort
 
 from algorithm.codec import HeatmapCodec
-from algorithm.metadata import METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import prepare
+from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
+from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
+from algorithm.preprocessing import ResizeGeometry, prepare
 from algorithm.reader import describe
 
 logger = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cuda", "cpu")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
-
-
-class DeviceError(RuntimeError):
-    """The requested device cannot be used."""
-
-
-def nvidia_gpu_visible() -> bool:
-    """Whether the NVIDIA driver exposes a GPU here (inside Docker: run with --gpus)."""
-    return Path("/proc/driver/nvidia/gpus").is_dir() or any(Path("/dev").glob("nvidia[0-9]*"))
-
 
 def _providers_for(device: str) -> list[str]:
     if device == "cpu":
@@ -130,16 +118,23 @@ class LandmarkDetector:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def predict_model_space(self, inputs: np.ndarray) -> np.ndarray:
-        """(B, H, W) normalised model inputs to (B, K, 2) coordinates in model-input pixels."""
-        heatmaps = self.session.run(None, {self.input_name: inputs[:, None].astype(np.float32)})[0]
-        return self.codec.decode(heatmaps)[0]
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, ResizeGeometry]:
+        """Step 1: one image to the model's normalised input and the geometry that maps back."""
+        meta = self.metadata
+        return prepare(image, meta.input_height, meta.input_width, meta.normalization)
+
+    def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
+        """Step 2: (B, H, W) model inputs to (B, K, h, w) heatmaps with ONNX Runtime."""
+        return self.session.run(None, {self.input_name: inputs[:, None].astype(np.float32)})[0]
+
+    def decode(self, heatmaps: np.ndarray, geometries: list[ResizeGeometry]) -> list[np.ndarray]:
+        """Step 3: heatmaps to each image's (K, 2) landmarks in its own pixels."""
+        points = self.codec.decode(heatmaps)[0]
+        return [geometry.to_original(image_points) for geometry, image_points in zip(geometries, points)]
 
     def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each image ((H, W) or (H, W, C), padded or not) to its (K, 2) landmarks in its own pixels."""
-        meta = self.metadata
-        prepared = (prepare(image, meta.input_height, meta.input_width, meta.normalization) for image in images)
+        prepared = (self.prepare(image) for image in images)
         while batch := list(islice(prepared, self.batch_size)):
-            points = self.predict_model_space(np.stack([inputs for inputs, _ in batch]))
-            for (_, geometry), image_points in zip(batch, points):
-                yield geometry.to_original(image_points)
+            inputs, geometries = zip(*batch)
+            yield from self.decode(self.heatmaps(np.stack(inputs)), list(geometries))

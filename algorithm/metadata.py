@@ -13,6 +13,7 @@ from algorithm.preprocessing import NORMALIZATIONS
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 class ModelError(ValueError):
@@ -55,10 +56,6 @@ class ModelMetadata:
     @property
     def num_landmarks(self) -> int:
         return len(self.landmark_names)
-
-    @property
-    def input_shape(self) -> tuple[int, int]:
-        return self.input_height, self.input_width
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / METADATA_FILE

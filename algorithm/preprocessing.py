@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# The challenge's stack: every image at the top-left, zero-padded at the right and bottom to this
+# height x width, 3 x uint8 (R = G = B).
+CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
+
+
 @dataclass(frozen=True)
 class ResizeGeometry:
     """Where the model input came from: the un-padded content size and the input size."""

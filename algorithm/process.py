@@ -21,9 +21,10 @@ from evalutils.io import ImageLoader
 from evalutils.validators import DataFrameValidator
 
 from algorithm.codec import DECODERS
-from algorithm.inference import DEFAULT_MODEL_DIR, DEVICES, DeviceError, LandmarkDetector
+from algorithm.devices import DEVICES, DeviceError
+from algorithm.inference import LandmarkDetector
 from algorithm.inputs import scan_input
-from algorithm.metadata import ModelError
+from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError
 from algorithm.output import OutputError, check_output_path, multiple_points, schema_errors, write_json_atomically
 from algorithm.reader import ImageStack, InputError, InputScope, describe, looks_like_image
 
@@ -107,7 +108,8 @@ class OrthodonticLandmarks(DetectionAlgorithm):
     def process_case(self, *, idx: int, case: dict) -> list[np.ndarray]:
         # evalutils would hash the whole file again here; the header was checked when loading
         stack = ImageStack(case["path"], self.loader.scope)
-        logger.info("%s: %d image(s) of %d x %d", stack.label, len(stack), stack.width, stack.height)
+        logger.info("%s: %d image(s) of %d x %d pixels (height x width)", stack.label, len(stack), stack.height,
+                    stack.width)
         try:
             return self.predict(input_image=stack)
         except InputError:
@@ -129,7 +131,8 @@ class OrthodonticLandmarks(DetectionAlgorithm):
             write_json_atomically(value, self._output_file)
         except OSError as error:
             raise OutputError(f"{self._output_file}: cannot be written ({describe(error)})") from None
-        logger.info("wrote %d landmarks of %d image(s) to %s", len(value["points"]), len(landmarks), self._output_file)
+        logger.info("wrote %d points (%d image(s) x %d landmarks) to %s", len(value["points"]), len(landmarks),
+                    self.detector.metadata.num_landmarks, self._output_file)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,7 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="folder of stacks (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write (default: %(default)s)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="folder with model.onnx and metadata.json")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="folder with model.onnx and metadata.json (default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA when usable, else CPU; cuda: fail if no GPU is usable (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime, 0 = its default")
@@ -160,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             problem = "is not a folder" if args.input.exists() else "does not exist"
             raise InputError(f"{args.input}: the input folder {problem}")
         detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder)
+        meta = detector.metadata
+        logger.info("model %s: %d landmarks, input %d x %d (height x width); trained on: %s", args.model,
+                    meta.num_landmarks, meta.input_height, meta.input_width, meta.trained_on[:120])
         OrthodonticLandmarks(args.input, args.output, detector).process()
     except (InputError, ModelError, OutputError, DeviceError, ValidationError, FileLoaderError, ValueError) as error:
         print(f"error: {describe(error)}", file=sys.stderr)

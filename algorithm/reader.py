@@ -23,8 +23,8 @@ import SimpleITK as sitk
 
 from algorithm.metaimage import MAX_HEADER_BYTES, READ_CHUNK_BYTES, MetaImageHeader, is_metaimage
 
-# What can be an X-ray: checked on the header, before any pixel is read (the challenge's images are
-# 2400 x 2880 x 3 uint8, stacks of up to a few hundred images).
+# What can be an X-ray: checked on the header, before any pixel is read (the challenge's stacks hold up
+# to a few hundred images of CHALLENGE_HEIGHT x CHALLENGE_WIDTH x 3 uint8).
 MAX_IMAGE_SIDE = 10_000  # pixels, width and height
 MAX_IMAGES_PER_FILE = 10_000
 MAX_COMPONENTS = 4  # values per pixel (RGBA at most)

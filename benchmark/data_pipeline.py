@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from algorithm.devices import DEVICES
 from training.augment import augment
 from training.config import TrainConfig
 from training.distributed import choose_device
@@ -46,7 +47,7 @@ def batched_torch(images, points, config, generator, device):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.data_pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="(default: auto)")
     parser.add_argument("--batch-size", type=int, default=4, help="(default: 4, training's)")
     parser.add_argument("--repeats", type=int, default=40, help="timed batches per variant (default: 40)")
     args = parser.parse_args(argv)

@@ -2,9 +2,9 @@
 
     python -m benchmark.phases --input STACK.mha [--model DIR] [--device cpu] [--threads N]
 
-Runs the algorithm's own public pieces (ImageStack, prepare, the detector's ONNX session and
-heatmap codec, the output writer) in the order `algorithm.process` runs them, batch size 1,
-and times each phase with time.perf_counter. Prints one JSON object to stdout:
+Runs the algorithm's own public pieces (ImageStack, the detector's steps `prepare`, `heatmaps` and
+`decode` that its `predict` chains, the output writer) in the order `algorithm.process` runs them,
+batch size 1, and times each phase with time.perf_counter. Prints one JSON object to stdout:
 fixed costs in seconds (imports, model load, the JSON output), the evalutils validation hash
 of the stack (per stack, so it grows with N), per phase the time of every image in milliseconds,
 and the resident memory after the imports, after the model load and at its peak.
@@ -20,12 +20,11 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 import algorithm.process  # noqa: E402,F401  (the entry point's imports: evalutils, pandas)
-from algorithm.inference import DEFAULT_MODEL_DIR, LandmarkDetector  # noqa: E402
+from algorithm.devices import DEVICES  # noqa: E402
+from algorithm.inference import LandmarkDetector  # noqa: E402
+from algorithm.metadata import DEFAULT_MODEL_DIR  # noqa: E402
 from algorithm.output import multiple_points, schema_errors, write_json_atomically  # noqa: E402
-from algorithm.preprocessing import prepare  # noqa: E402
 from algorithm.reader import ImageStack  # noqa: E402
 
 PHASES = ("read", "preprocess", "inference", "decode")
@@ -44,7 +43,6 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
 
     start = clock()
     detector = LandmarkDetector(model_dir, device, threads, 1, None)
-    meta = detector.metadata
     model_load_s = clock() - start
     memory["after_model_load"] = resident_mb()["rss"]
 
@@ -62,11 +60,11 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
         t1 = clock()
         if image is None:
             break
-        inputs, geometry = prepare(image, meta.input_height, meta.input_width, meta.normalization)
+        inputs, geometry = detector.prepare(image)
         t2 = clock()
-        heatmaps = detector.session.run(None, {detector.input_name: inputs[None, None].astype(np.float32)})[0]
+        heatmaps = detector.heatmaps(inputs[None])
         t3 = clock()
-        points = geometry.to_original(detector.codec.decode(heatmaps)[0][0])
+        points = detector.decode(heatmaps, [geometry])[0]
         t4 = clock()
         landmarks.append(points)
         for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.phases", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True, help="one stack (.mha)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="folder with model.onnx and metadata.json")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads, 0 = its default")
     args = parser.parse_args(argv)
     json.dump(profile(args.input, args.model, args.device, args.threads), sys.stdout)

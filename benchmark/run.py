@@ -18,6 +18,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -29,18 +30,31 @@ import time
 from importlib import metadata as package_metadata
 from pathlib import Path
 
+from algorithm.devices import DEVICES
+from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError, ModelMetadata
+from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH
+from training.synthetic import SCANNER_CONTENT_SIZES
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_compare_outputs():
+    """test/compare_outputs.py, the parity check test.sh runs (standard library only, not a package)."""
+    spec = importlib.util.spec_from_file_location("compare_outputs", REPO / "test" / "compare_outputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_outputs = _load_compare_outputs()
 DEFAULT_RESULTS = REPO / "benchmark-results"
-# content sizes (height, width) of the ISBI-like and the Hamedan-like scanner, as in the smoke test
-CONTENT_SIZES = [(2400, 1935), (1671, 1340)]
-STACK_HEIGHT, STACK_WIDTH, CHANNELS = 2400, 2880, 3
-IMAGE_MB = STACK_HEIGHT * STACK_WIDTH * CHANNELS / 1e6
+CHANNELS = 3
+IMAGE_MB = CHALLENGE_HEIGHT * CHALLENGE_WIDTH * CHANNELS / 1e6
 NUM_LANDMARKS = 38
 STACK_FORMAT = 1  # bump when the stack recipe changes: cached stacks are then rebuilt
 # goals of the "fast and lean inference" issue
 SPEEDUP_GOAL, SPEEDUP_AIM = 10.0, 20.0
 MEMORY_HEADROOM_MB = 600.0
-PARITY_TOLERANCE_PX = 0.5
 OPTION_CONFIGS = [  # (label, --threads, --batch-size); the first is the reference
     ("default", 0, 1), ("threads 1", 1, 1), ("threads 2", 2, 1),
     ("threads 1, batch 4", 1, 4), ("threads 2, batch 4", 2, 4),
@@ -58,8 +72,8 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------- stacks
 
 def stack_recipe(count: int, seed: int) -> dict:
-    return {"format": STACK_FORMAT, "images": count, "seed": seed, "content_sizes": CONTENT_SIZES,
-            "landmarks": NUM_LANDMARKS, "height": STACK_HEIGHT, "width": STACK_WIDTH}
+    return {"format": STACK_FORMAT, "images": count, "seed": seed, "content_sizes": SCANNER_CONTENT_SIZES,
+            "landmarks": NUM_LANDMARKS, "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
 
 
 def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Path]:
@@ -96,7 +110,7 @@ def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
     from training.pack import pad_to_stack, write_stack
     from training.synthetic import synthetic_set
 
-    images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, CONTENT_SIZES)
+    images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
     for count in counts:
         folder = stack_root / f"n{count}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -151,7 +165,7 @@ def baseline_command(input_dir: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "benchmark.baseline", "--input", str(input_dir), "--output", str(output)]
 
 
-def summarise(runs: list[dict], count: int) -> dict:
+def summarize_runs(runs: list[dict], count: int) -> dict:
     return {
         "images": count,
         "runs": runs,
@@ -177,23 +191,19 @@ def linear_fit(summaries: dict[int, dict]) -> dict | None:
 
 # ---------------------------------------------------------------- parity
 
-def landmarks_by_key(path: Path) -> dict[tuple[str, int], tuple[float, float]]:
-    value = json.loads(path.read_text())
-    return {(point["name"], int(point["point"][2])): (point["point"][0], point["point"][1]) for point in value["points"]}
-
-
 def max_deviation_px(reference: Path, other: Path) -> float:
-    """Largest Euclidean distance between the same landmark of the same image in two outputs."""
-    first, second = landmarks_by_key(reference), landmarks_by_key(other)
-    if first.keys() != second.keys():
-        return float("inf")
-    return max((((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5 for key in first
-                for a, b in [(first[key], second[key])]), default=0.0)
+    """Largest distance between the same landmark of the same image in two outputs (test.sh's comparison);
+    infinite when they differ in anything but the coordinates."""
+    try:
+        return compare_outputs.compare(compare_outputs.load(reference, "reference"), compare_outputs.load(other, "other"),
+                                       tolerance=math.inf)[1]
+    except compare_outputs.ParityError:
+        return math.inf
 
 
 # ---------------------------------------------------------------- phases
 
-def summarise_phases(profiles: list[dict]) -> dict:
+def summarize_phases(profiles: list[dict]) -> dict:
     """Per-image phases pooled over the runs; the stack's validation hash spread over its images."""
     count = profiles[0]["images"]
     per_image = {"validation hash": [1000 * profile["validation_hash_s"] / count for profile in profiles]}
@@ -228,7 +238,7 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def evaluate(results: dict) -> list[dict]:
+def check_goals(results: dict) -> list[dict]:
     """The issue's goals, each with its numbers and PASS/FAIL."""
     goals = []
     ours, base, stacks = results["ours"], results["baseline"], results["stacks"]
@@ -246,8 +256,8 @@ def evaluate(results: dict) -> list[dict]:
         goals.append({"goal": f"peak growth N={small} -> {large} <= one image ({IMAGE_MB:.1f} MB): streaming",
                       "value": round(growth, 1), "pass": growth <= IMAGE_MB})
     for option in results.get("options", {}).get("configs", []):
-        goals.append({"goal": f"option '{option['label']}' agrees with the default within {PARITY_TOLERANCE_PX} px",
-                      "value": option["max_deviation_px"], "pass": option["max_deviation_px"] <= PARITY_TOLERANCE_PX})
+        goals.append({"goal": f"option '{option['label']}' agrees with the default within {compare_outputs.DEFAULT_TOLERANCE_PX} px",
+                      "value": option["max_deviation_px"], "pass": option["max_deviation_px"] <= compare_outputs.DEFAULT_TOLERANCE_PX})
     return goals
 
 
@@ -311,10 +321,10 @@ def render(results: dict) -> str:
     if options:
         out.append("")
         out.append(f"Options (N={options['images']}, medians of {options['repeats']} run(s); deviation = largest "
-                   f"landmark distance from the default run's JSON, tolerance {PARITY_TOLERANCE_PX} px)")
+                   f"landmark distance from the default run's JSON, tolerance {compare_outputs.DEFAULT_TOLERANCE_PX} px)")
         rows = [[o["label"], o["threads"], o["batch_size"], f"{o['s_per_image']:.3f}", f"{o['cpu_s']:.1f}",
                  f"{o['peak_rss_mb']:.0f}", f"{o['max_deviation_px']:.2g}",
-                 verdict(o["max_deviation_px"] <= PARITY_TOLERANCE_PX)] for o in options["configs"]]
+                 verdict(o["max_deviation_px"] <= compare_outputs.DEFAULT_TOLERANCE_PX)] for o in options["configs"]]
         out.append(table(["option", "--threads", "--batch-size", "s/img", "cpu s", "peak MB", "max dev px", "parity"],
                          rows))
 
@@ -346,13 +356,13 @@ def machine_info() -> dict:
 
 
 def model_info(model_dir: Path | None) -> dict:
-    folder = model_dir or REPO / "algorithm" / "model"
+    folder = model_dir or DEFAULT_MODEL_DIR
     try:
-        meta = json.loads((folder / "metadata.json").read_text())
-    except (OSError, ValueError):
+        meta = ModelMetadata.load(folder)
+    except ModelError:
         return {"folder": str(folder)}
-    return {"folder": str(folder), **{key: meta.get(key) for key in ("input_height", "input_width", "trained_on")},
-            "landmarks": len(meta.get("landmark_names", []))}
+    return {"folder": str(folder), "input_height": meta.input_height, "input_width": meta.input_width,
+            "trained_on": meta.trained_on, "landmarks": meta.num_landmarks}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phases-size", type=int, default=None,
                         help="N for the phase profile (default: the largest of --sizes)")
     parser.add_argument("--skip-phases", action="store_true", help="do not profile the phases")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="our --device (default: %(default)s, as the container runs)")
     parser.add_argument("--model", type=Path, default=None, help="our model folder (default: algorithm/model)")
     parser.add_argument("--seed", type=int, default=2023, help="seed of the synthetic images (default: %(default)s)")
@@ -457,10 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"sizes": args.sizes, "repeats": args.repeats, "baseline_sizes": args.baseline_sizes,
                      "baseline_repeats": args.baseline_repeats, "device": args.device,
                      "options_size": args.options_size, "phases_size": args.phases_size, "seed": args.seed,
-                     "image_mb": IMAGE_MB, "content_sizes_hw": CONTENT_SIZES},
+                     "image_mb": IMAGE_MB, "content_sizes_hw": SCANNER_CONTENT_SIZES},
         "stacks": stacks,
-        "ours": {str(n): summarise(runs, n) for n, runs in ours_runs.items()},
-        "baseline": {str(n): summarise(runs, n) for n, runs in base_runs.items()},
+        "ours": {str(n): summarize_runs(runs, n) for n, runs in ours_runs.items()},
+        "baseline": {str(n): summarize_runs(runs, n) for n, runs in base_runs.items()},
     }
     results["fits"] = {"ours": linear_fit({n: results["ours"][str(n)] for n in args.sizes}),
                        "baseline": linear_fit({n: results["baseline"][str(n)] for n in args.baseline_sizes})}
@@ -474,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             run_measured(command, run_dir / "logs" / f"{name}.stdout", run_dir / "logs" / f"{name}.log")
             profiles.append(json.loads((run_dir / "logs" / f"{name}.stdout").read_text()))
             say(f"{name}: done")
-        results["phases"] = summarise_phases(profiles)
+        results["phases"] = summarize_phases(profiles)
 
     if args.options_size:
         count = args.options_size
@@ -484,14 +494,14 @@ def main(argv: list[str] | None = None) -> int:
             def command_for(folder, output, t=threads, b=batch):
                 return ours_command(folder, output, args, t, b)
             runs = [measure(kind, count, repeat, command_for) for repeat in range(1, args.repeats + 1)]
-            configs.append({"label": label, "threads": threads, "batch_size": batch, **summarise(runs, count)})
+            configs.append({"label": label, "threads": threads, "batch_size": batch, **summarize_runs(runs, count)})
         reference = Path(configs[0]["runs"][0]["output"])
         for config in configs:
             config["max_deviation_px"] = max(max_deviation_px(reference, Path(run["output"])) for run in config["runs"])
         results["options"] = {"images": count, "repeats": args.repeats, "configs": configs}
 
     results["machine"]["load_end"] = os.getloadavg()[0]
-    results["goals"] = evaluate(results)
+    results["goals"] = check_goals(results)
     report = render(results)
     results["table"] = report
     results_file = run_dir / "results.json"

@@ -141,17 +141,3 @@ def test_train_help_describes_every_option_and_lists_choices():
                      "{source_mean,pooled}", "ground-truth JSON"]:
         assert expected in text, expected
 
-
-def test_the_data_pipeline_benchmark_prints_its_table():
-    result = run_module("benchmark.data_pipeline", "--device", "cpu", "--repeats", 1, "--batch-size", 2)
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| before") or line.startswith("| now")]
-    assert len(rows) == 2 and all(float(row.split("|")[3]) > 0 for row in rows)
-
-
-def test_the_container_benchmark_fails_at_once_without_the_baselines_packages():
-    import importlib.util
-    if importlib.util.find_spec("skimage") is not None:
-        pytest.skip("scikit-image is installed here")
-    result = run_module("benchmark.run", "--sizes", 1, "--results-dir", "/nonexistent-never-created")
-    assert result.returncode == 2 and "pip install -r benchmark/requirements.txt" in result.stderr

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from algorithm.codec import DECODERS, HeatmapCodec
+from algorithm.devices import DEVICES
 from algorithm.preprocessing import NORMALIZATIONS
 from training.augment import AugmentConfig
 from training.model import UNet
@@ -48,7 +49,7 @@ class TrainConfig:
     val_fraction: float = _option(0.15, "share of each data set for validation")
     test_fraction: float = _option(0.15, "share of each data set held out for testing")
     threads: int = _option(0, "CPU threads for torch (0: torch's default)")
-    device: str = _option("auto", "training device: auto (CUDA when available), cuda or cpu", ("auto", "cuda", "cpu"))
+    device: str = _option("auto", "training device: auto (CUDA when available), cuda or cpu", DEVICES)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod

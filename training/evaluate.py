@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from algorithm.codec import DECODERS
-from algorithm.inference import DEFAULT_MODEL_DIR, LandmarkDetector
-from algorithm.metadata import ModelMetadata
+from algorithm.inference import LandmarkDetector
+from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from training.data import LandmarkData, load_sources, make_split, prepare_data, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig

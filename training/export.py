@@ -23,8 +23,7 @@ import onnxruntime as ort
 import torch
 
 from algorithm.codec import HeatmapCodec
-from algorithm.inference import DEFAULT_MODEL_DIR
-from algorithm.metadata import MODEL_FILE, ModelMetadata
+from algorithm.metadata import DEFAULT_MODEL_DIR, MODEL_FILE, ModelMetadata
 from algorithm.preprocessing import prepare
 from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from algorithm import process
 from training.pack import pad_to_stack, write_stack
-from training.synthetic import synthetic_set
+from training.synthetic import SCANNER_CONTENT_SIZES, synthetic_set
 
 TEST_DIR = Path(__file__).resolve().parent.parent / "test"
 INPUT_DIR = TEST_DIR / "input" / "images" / "lateral-dental-x-rays"
 STACK_NAME = "smoke-stack.mha"
-# content sizes (height, width) of the ISBI-like and the Hamedan-like scanner
-SMOKE_SIZES = [(2400, 1935), (1671, 1340)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-stack", action="store_true", help="only rewrite expected_output.json")
     args = parser.parse_args(argv)
     if not args.keep_stack:
-        images, _ = synthetic_set(2, 19, seed=2023, sizes=SMOKE_SIZES)
+        images, _ = synthetic_set(2, 19, seed=2023, sizes=SCANNER_CONTENT_SIZES)
         write_stack(pad_to_stack(images), INPUT_DIR / STACK_NAME, compress=True)
     return process.main(["--input", str(INPUT_DIR), "--output", str(TEST_DIR / "expected_output.json"),
                          "--device", "cpu"])

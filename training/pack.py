@@ -1,7 +1,7 @@
 """Pack a folder of images into a challenge-format stack: `python -m training.pack --images DIR ...`.
 
 The stack is what the container reads: N images of 3 x uint8 (R = G = B), each at the top-left
-and zero-padded at the right and bottom to one size (2400 x 2880 by default, the challenge's).
+and zero-padded at the right and bottom to one size (the challenge's by default).
 With --gt-output, the folder's ground truth is rewritten with z = slice and no `files` list.
 --files or --first packs a subset (e.g. a 3-image stack to try the container on).
 """
@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH
 from training.data import load_data
-
-CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
 
 
 def pad_to_stack(images: list[np.ndarray], height: int = CHALLENGE_HEIGHT, width: int = CHALLENGE_WIDTH) -> np.ndarray:

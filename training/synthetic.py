@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# content sizes (height, width) of the two scanners of the public data: ISBI 2015 and Hamedan
+SCANNER_CONTENT_SIZES = [(2400, 1935), (1671, 1340)]
+
 
 def synthetic_image(height: int, width: int, landmarks_xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A (height, width) uint8 image, nowhere zero, with a bright disc at each (x, y) landmark."""
