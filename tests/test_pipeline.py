@@ -5,6 +5,7 @@ run the container on a packed stack."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,25 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, synthetic_datas
     assert resumed.returncode == 0, resumed.stderr
     assert f"at epoch {done + 1}" in resumed.stdout
     assert [row["epoch"] for row in history(directory)] == list(range(1, done + 2))
+
+
+def test_ctrl_c_stops_a_run_with_the_command_that_resumes_it(tmp_path, synthetic_dataset):
+    directory = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "training.train",
+                                *map(str, train_args(synthetic_dataset, directory, "--epochs", 1000))],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (directory / "last.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint within 3 minutes"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == f"stopped: resume with python -m training.train --output {directory} --resume"
+    assert "Traceback" not in stderr
 
 
 @pytest.fixture(scope="module")
