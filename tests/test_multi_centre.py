@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATASET_LANDMARKS, TINY_CONFIG, run_module
+from conftest import TINY_CONFIG, run_module
 
 from training.data import load_sources, make_split, source_name
 

@@ -111,11 +111,11 @@ def load_sources(sources: list[tuple[str, str]], landmark_names: list[str] | Non
         raise ValueError("no data set given: use --data IMAGES ANNOTATIONS (or --images and --annotations)")
     names = landmark_names or max((d.landmark_names for d in datasets), key=len)
     seen: dict[str, int] = {}
-    for data, (images, annotations) in zip(datasets, sources):
+    for data, (_, ground_truth) in zip(datasets, sources):
         own = data.landmark_names
         if len(own) > len(names) or ([n.lower() for n in own] != [n.lower() for n in names[:len(own)]]
                                      and not all(n.isdigit() for n in own)):
-            raise ValueError(f"{annotations}: landmarks {own[:3]}... do not match {names[:3]}... of the other data sets")
+            raise ValueError(f"{ground_truth}: landmarks {own[:3]}... do not match {names[:3]}... of the other data sets")
         missing = len(names) - data.landmarks.shape[1]
         data.landmarks = np.concatenate([data.landmarks, np.full((len(data), missing, 2), np.nan)], axis=1)
         data.landmark_names = list(names)

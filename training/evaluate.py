@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = str(args.checkpoint or args.model)
     output.mkdir(parents=True, exist_ok=True)
     results, all_errors, per_image = {}, [], []
-    for data, (images, annotations) in zip(datasets, sources):
+    for data, (images, ground_truth) in zip(datasets, sources):
         split, indices = split_indices(data, args.split, config, trained_on)
         if args.checkpoint:
             predicted = predict_with_checkpoint(model, config, data, indices)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
         all_errors.append(errors)
         per_image += [(data.name, image_label(data, i), e) for i, e in zip(indices, errors)]
-        results[data.name] = {"images": str(images), "annotations": str(annotations), "split": split,
+        results[data.name] = {"images": str(images), "annotations": str(ground_truth), "split": split,
                               "num_images": len(indices), "summary": summarize(errors),
                               "per_landmark": per_landmark(errors, data.landmark_names)}
         plot_overlays(data, indices, predicted, errors, output / "overlays", args.overlays)

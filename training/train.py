@@ -94,7 +94,7 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
 
 def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: int, world_size: int) -> float:
     """One pass over the training images (this process's share): augment, encode, step. Returns the mean loss."""
-    config, device = run.config, run.device
+    config, device, codec = run.config, run.device, run.config.codec()
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate_at(config, epoch)
     generator = torch.Generator(device).manual_seed(config.seed * 1000 + epoch * world_size + rank)
@@ -106,7 +106,7 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
     for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0, leave=False):
         index = order[start:start + config.batch_size]
         batch, batch_points = augment(run.images[index], run.points[index], config.augment, generator)
-        targets, weights = encode_batch(run.config.codec(), batch_points)
+        targets, weights = encode_batch(codec, batch_points)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             loss = heatmap_loss(trained_model(batch), targets, weights)
         run.optimizer.zero_grad(set_to_none=True)
