@@ -1,13 +1,19 @@
 """The figures a run and an evaluation write: learning curves, the error CDF and prediction overlays.
 
-Matplotlib is imported inside each function with the Agg backend, so nothing needs a display.
+Matplotlib (Agg backend: no display needed) is imported with this module, before training starts: a
+Ctrl-C that lands in the first import of its C extensions would otherwise crash the interpreter
+instead of stopping the run cleanly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from training.data import LandmarkData
 from training.metrics import SDR_THRESHOLDS_MM
@@ -19,10 +25,6 @@ def image_label(data: LandmarkData, index: int) -> str:
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
     figure, (loss_axis, mre_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
@@ -41,10 +43,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
     """Share of landmarks within each error, per data set, over the 0-8 mm range that matters."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for name, errors in errors_by_set.items():
         pooled = np.sort(errors[~np.isnan(errors)])
@@ -64,10 +62,6 @@ def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
 def plot_overlays(data: LandmarkData, indices: list[int], predicted: np.ndarray, errors_mm: np.ndarray,
                   folder: Path, count: int) -> None:
     """The `count` images with the largest MRE: ground truth (green), prediction (red, numbered), error lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folder.mkdir(parents=True, exist_ok=True)
     worst = np.argsort(-np.nanmean(errors_mm, axis=1))[:count]
     for position, image in zip(worst, data.read_images([indices[p] for p in worst])):
