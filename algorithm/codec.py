@@ -7,11 +7,15 @@ within half a heatmap pixel, the centroid refinement within about 0.3 of one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
 DECODERS = ("argmax", "centroid")
+# The graph's last layer: a softmax over each landmark's map, so every heatmap is a probability distribution.
+ACTIVATIONS = ("spatial_softmax",)
 
 
 @dataclass(frozen=True)
@@ -23,10 +27,25 @@ class HeatmapCodec:
     stride: int
     sigma: float
     decoder: str = "centroid"
+    centroid_radius: int = 0  # heatmap pixels about the peak that the centroid averages; 0: round(sigma)
+    activation: str = "spatial_softmax"
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown output activation {self.activation!r}; choose one of {ACTIVATIONS}")
+        for key in ("input_height", "input_width", "stride"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{key} = {value!r} is not a positive whole number")
+        if not (isinstance(self.sigma, Real) and not isinstance(self.sigma, bool) and math.isfinite(self.sigma)
+                and self.sigma > 0):
+            raise ValueError(f"sigma = {self.sigma!r} is not a positive number")
+        if not (isinstance(self.centroid_radius, int) and self.centroid_radius >= 0):
+            raise ValueError(f"centroid_radius = {self.centroid_radius!r} is not a whole number >= 0")
+        if self.centroid_radius == 0:  # recorded as the number it stands for
+            object.__setattr__(self, "centroid_radius", max(1, int(round(self.sigma))))
         if self.input_height % self.stride or self.input_width % self.stride:
             raise ValueError("the input size must be a multiple of the heatmap stride")
 
@@ -69,22 +88,37 @@ class HeatmapCodec:
         """(..., K, h, w) heatmaps to (..., K, 2) model-input coordinates and (..., K) peak values."""
         *lead, height, width = heatmaps.shape
         flat = heatmaps.reshape(-1, height, width)
-        peak_index = flat.reshape(flat.shape[0], -1).argmax(axis=1)
-        peak_y, peak_x = np.divmod(peak_index, width)
-        scores = flat.reshape(flat.shape[0], -1)[np.arange(flat.shape[0]), peak_index]
+        peak_x, peak_y, scores = self._peaks(flat)
         points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
         if self.decoder == "centroid":
             points = self._refine_by_centroid(flat, peak_x, peak_y)
         points = self.from_heatmap(points)
         return points.reshape(*lead, 2), scores.reshape(*lead)
 
-    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:
-        """Sub-pixel position: the mean of the positive heatmap within about one sigma of the peak.
+    def confidence(self, heatmaps: np.ndarray) -> np.ndarray:
+        """(..., K, h, w) heatmaps to (..., K) confidences in [0, 1]: the probability mass within the centroid
+        window about each peak (the output activation makes each map a distribution), so a sharp, single
+        peak scores near 1 and a flat or split map near 0."""
+        *lead, height, width = heatmaps.shape
+        flat = heatmaps.reshape(-1, height, width)
+        peak_x, peak_y, _ = self._peaks(flat)
+        window, _, _ = self._window(flat, peak_x, peak_y)
+        return np.clip(window.sum(axis=(1, 2)), 0.0, 1.0).reshape(*lead)
+
+    @staticmethod
+    def _peaks(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column, row and value of each (h, w) map's maximum."""
+        peak_index = flat.reshape(flat.shape[0], -1).argmax(axis=1)
+        peak_y, peak_x = np.divmod(peak_index, flat.shape[2])
+        return peak_x, peak_y, flat.reshape(flat.shape[0], -1)[np.arange(flat.shape[0]), peak_index]
+
+    def _window(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray):
+        """The positive heatmap within `centroid_radius` of each peak, with its rows and columns.
 
         The window stays symmetric about the peak: near the border it shrinks on both sides, as a
         window cut off on one side only would pull the landmark away from the border.
         """
-        radius = max(1, int(round(self.sigma)))
+        radius = self.centroid_radius
         offsets = np.arange(-radius, radius + 1)
         height, width = flat.shape[1:]
         rows = peak_y[:, None] + offsets[None, :]
@@ -95,7 +129,11 @@ class HeatmapCodec:
                   & (np.abs(offsets)[None, :] <= reach_x[:, None])[:, None, :])
         index = np.arange(flat.shape[0])[:, None, None]
         window = flat[index, np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
-        window = np.where(inside, np.maximum(window, 0), 0).astype(np.float64)
+        return np.where(inside, np.maximum(window, 0), 0).astype(np.float64), rows, cols
+
+    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:
+        """Sub-pixel position: the mean of the positive heatmap within `centroid_radius` of the peak."""
+        window, rows, cols = self._window(flat, peak_x, peak_y)
         total = window.sum(axis=(1, 2))
         safe_total = np.where(total > 0, total, 1.0)
         x = (window.sum(axis=1) * cols).sum(axis=1) / safe_total

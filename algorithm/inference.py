@@ -1,9 +1,14 @@
-"""Run the exported model with ONNX Runtime: images in, landmarks in original pixels out."""
+"""Run the exported model with ONNX Runtime: images in, landmarks in original pixels (and confidences) out.
+
+The first stage finds every landmark on the resized image; a second stage, when the metadata has one,
+looks again at a full-resolution crop about each landmark (`algorithm.crops`).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -11,9 +16,10 @@ import numpy as np
 import onnxruntime as ort
 
 from algorithm.codec import HeatmapCodec
+from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import ResizeGeometry, prepare
+from algorithm.preprocessing import ResizeGeometry, prepare, to_grayscale
 from algorithm.reader import describe
 
 logger = logging.getLogger(__name__)
@@ -60,14 +66,14 @@ def _shape_text(dims: list[int | None]) -> str:
     return "(N, " + ", ".join("?" if dim is None else str(dim) for dim in dims) + ")"
 
 
-def check_graph(session: ort.InferenceSession, meta: ModelMetadata, model_path: Path) -> None:
-    """The metadata must describe the graph: an (N, 1, H, W) float input of its size and (N, K, H/stride,
+def check_graph(session: ort.InferenceSession, codec: HeatmapCodec, num_landmarks: int, model_path: Path) -> None:
+    """The metadata must describe the graph: an (N, 1, H, W) float input of the codec's size and (N, K, H/stride,
     W/stride) heatmaps, one channel per landmark name. Named dimensions are measured on a blank image."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     where = f"{model_path}: does not match its {METADATA_FILE}"
     if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
         raise ModelError(f"{where}: the model should take one float (N, 1, H, W) input")
-    expected_input = [1, meta.input_height, meta.input_width]
+    expected_input = [1, codec.input_height, codec.input_width]
     input_dims = _static_dims(inputs[0])[1:]
     if any(dim is not None and dim != want for dim, want in zip(input_dims, expected_input)):
         raise ModelError(f"{where}: the model takes {_shape_text(input_dims)} inputs, the metadata says "
@@ -82,20 +88,28 @@ def check_graph(session: ort.InferenceSession, meta: ModelMetadata, model_path: 
         except Exception as error:  # ONNX Runtime's own exception types derive from Exception only
             raise ModelError(f"{where}: the model fails on a {_shape_text(expected_input)} input "
                              f"({describe(error)})") from None
-    stride = meta.heatmap_stride
-    expected_output = [meta.num_landmarks, meta.input_height // stride, meta.input_width // stride]
+    expected_output = [num_landmarks, *codec.heatmap_shape]
     if output_dims != expected_output:
         raise ModelError(f"{where}: the model gives {_shape_text(output_dims)} heatmaps, the metadata's "
-                         f"{meta.num_landmarks} landmark names and heatmap stride {stride} mean "
+                         f"{num_landmarks} landmark names and heatmap stride {codec.stride} mean "
                          f"{_shape_text(expected_output)}")
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One image's landmarks in its own pixels, (K, 2), and a confidence in [0, 1] for each, (K,)."""
+
+    points: np.ndarray
+    confidence: np.ndarray
+
+
 class LandmarkDetector:
-    """The exported model with the preprocessing and decoding its metadata describes."""
+    """The exported model (one or two stages) with the preprocessing and decoding its metadata describes."""
 
     def __init__(self, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto", threads: int = 0,
-                 batch_size: int = 1, decoder: str | None = None) -> None:
-        model_path = Path(model_dir) / MODEL_FILE
+                 batch_size: int = 1, decoder: str | None = None, refine: bool = True) -> None:
+        model_dir = Path(model_dir)
+        model_path = model_dir / MODEL_FILE
         if not model_path.is_file():
             raise ModelError(f"{model_path}: not found")
         if batch_size < 1:
@@ -104,15 +118,19 @@ class LandmarkDetector:
             raise ValueError("threads must be 0 (ONNX Runtime's choice) or more")
         self.metadata = ModelMetadata.load(model_dir)
         meta = self.metadata
-        try:
-            self.codec = HeatmapCodec(meta.input_height, meta.input_width, meta.heatmap_stride,
-                                      meta.heatmap_sigma, decoder or meta.decoder)
-        except ValueError as error:
-            raise ModelError(f"{Path(model_dir) / METADATA_FILE}: {error}") from None
+        self.codec = meta.codec if decoder is None else replace(meta.codec, decoder=decoder)
         self.session = create_session(model_path, device, threads)
-        check_graph(self.session, meta, model_path)
+        check_graph(self.session, self.codec, meta.num_landmarks, model_path)
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size
+        self.refinement = meta.refinement if refine else None
+        if self.refinement is not None:
+            refine_path = model_dir / self.refinement.model_file
+            if not refine_path.is_file():
+                raise ModelError(f"{refine_path}: not found (the metadata's second stage); use --no-refine to run "
+                                 "the first stage alone")
+            self.refine_session = create_session(refine_path, device, threads)
+            check_graph(self.refine_session, self.refinement.codec, meta.num_landmarks, refine_path)
 
     @property
     def providers(self) -> list[str]:
@@ -120,21 +138,37 @@ class LandmarkDetector:
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, ResizeGeometry]:
         """Step 1: one image to the model's normalised input and the geometry that maps back."""
-        meta = self.metadata
-        return prepare(image, meta.input_height, meta.input_width, meta.normalization)
+        return prepare(image, self.codec.input_height, self.codec.input_width, self.metadata.normalization)
 
     def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
         """Step 2: (B, H, W) model inputs to (B, K, h, w) heatmaps with ONNX Runtime."""
         return self.session.run(None, {self.input_name: inputs[:, None].astype(np.float32)})[0]
 
-    def decode(self, heatmaps: np.ndarray, geometries: list[ResizeGeometry]) -> list[np.ndarray]:
-        """Step 3: heatmaps to each image's (K, 2) landmarks in its own pixels."""
+    def decode(self, heatmaps: np.ndarray, geometries: list[ResizeGeometry]) -> list[Detection]:
+        """Step 3: heatmaps to each image's landmarks in its own pixels, with the first stage's confidences."""
         points = self.codec.decode(heatmaps)[0]
-        return [geometry.to_original(image_points) for geometry, image_points in zip(geometries, points)]
+        confidence = self.codec.confidence(heatmaps)
+        return [Detection(geometry.to_original(image_points), image_confidence)
+                for geometry, image_points, image_confidence in zip(geometries, points, confidence)]
 
-    def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Each image ((H, W) or (H, W, C), padded or not) to its (K, 2) landmarks in its own pixels."""
-        prepared = (self.prepare(image) for image in images)
+    def refine(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Step 4 (with a second stage): look again at a full-resolution crop about each landmark."""
+        if self.refinement is None:
+            return first
+        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        refine_input = self.refine_session.get_inputs()[0].name
+
+        def heatmaps_of(crops: np.ndarray) -> np.ndarray:
+            return self.refine_session.run(None, {refine_input: crops[:, None]})[0]
+
+        points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refinement.codec,
+                                              heatmaps_of)
+        return Detection(points, confidence)
+
+    def predict(self, images: Iterable[np.ndarray]) -> Iterator[Detection]:
+        """Each image ((H, W) or (H, W, C), padded or not) to its landmarks in its own pixels and their confidences."""
+        prepared = ((image, *self.prepare(image)) for image in images)
         while batch := list(islice(prepared, self.batch_size)):
-            inputs, geometries = zip(*batch)
-            yield from self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
+            batch_images, inputs, geometries = zip(*batch)
+            first = self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
+            yield from (self.refine(*item) for item in zip(batch_images, geometries, first))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from algorithm.preprocessing import NORMALIZATIONS
+from algorithm.codec import HeatmapCodec
+from algorithm.crops import CropSpec
+from algorithm.preprocessing import NORMALIZATIONS, RESIZE_METHODS
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
+REFINE_MODEL_FILE = "refine.onnx"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
@@ -20,38 +21,66 @@ class ModelError(ValueError):
     """A model folder that cannot be used (files missing, unreadable or disagreeing); the message names the file."""
 
 
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _from_dict(kind: type, value: Any, key: str):
+    """A nested metadata object from its JSON object (the codec, the crops)."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} is not a JSON object")
+    try:
+        return kind(**value)
+    except TypeError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
+@dataclass
+class RefinementStage:
+    """The second stage: its graph, the crops it sees and the codec of its crop heatmaps."""
+
+    crops: CropSpec
+    codec: HeatmapCodec
+    model_file: str = REFINE_MODEL_FILE
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.crops = _from_dict(CropSpec, self.crops, "refinement.crops")
+        self.codec = _from_dict(HeatmapCodec, self.codec, "refinement.codec")
+        if (self.codec.input_height, self.codec.input_width) != (self.crops.size, self.crops.size):
+            raise ValueError(f"refinement.codec's input ({self.codec.input_height} x {self.codec.input_width}) is "
+                             f"not the crop ({self.crops.size} x {self.crops.size})")
+        if not isinstance(self.model_file, str) or Path(self.model_file).name != self.model_file:
+            raise ValueError(f"refinement.model_file {self.model_file!r} is not a file name in the model folder")
 
 
 @dataclass
 class ModelMetadata:
-    """Settings that travel with `model.onnx`, so nothing is hard-coded in the container."""
+    """Settings that travel with `model.onnx`, so nothing is hard-coded in the container.
+
+    `codec` describes the first stage's heatmaps whole (input size, stride, sigma, decoder, centroid
+    radius, output activation); the container and training build the same `HeatmapCodec` from it.
+    """
 
     landmark_names: list[str]  # anatomical names; the output names landmark k as "k"
-    input_height: int
-    input_width: int
-    heatmap_stride: int
-    heatmap_sigma: float
+    codec: HeatmapCodec
+    resize: str = RESIZE_METHODS[0]
     normalization: str = "zscore"
-    decoder: str = "centroid"
+    refinement: RefinementStage | None = None
     trained_on: str = "untrained"
     accuracy: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse settings the container cannot run with (the heatmap codec checks its own), before any image."""
+        """Refuse settings the container cannot run with, before any image."""
         if not (isinstance(self.landmark_names, (list, tuple)) and self.landmark_names
                 and all(isinstance(name, str) for name in self.landmark_names)):
             raise ValueError("landmark_names is not a non-empty list of names")
-        for key in ("input_height", "input_width", "heatmap_stride"):
-            if not _is_positive_int(getattr(self, key)):
-                raise ValueError(f"{key} = {getattr(self, key)!r} is not a positive whole number")
-        sigma = self.heatmap_sigma
-        if not (isinstance(sigma, Real) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"heatmap_sigma = {sigma!r} is not a positive number")
+        self.codec = _from_dict(HeatmapCodec, self.codec, "codec")
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"resize {self.resize!r} is not one of {RESIZE_METHODS}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
+        if self.refinement is not None:
+            self.refinement = _from_dict(RefinementStage, self.refinement, "refinement")
 
     @property
     def num_landmarks(self) -> int:

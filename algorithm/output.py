@@ -17,13 +17,21 @@ TOP_LEVEL_KEYS = {"name", "type", "points", "version"}
 POINT_KEYS = {"name", "point", "probability", "type"}
 
 
-def multiple_points(landmarks_per_image: Sequence[np.ndarray], first_z: int = 1) -> dict[str, Any]:
-    """The output value: landmark k of image i becomes {"name": "k+1", "point": [x, y, first_z + i]}."""
+def multiple_points(landmarks_per_image: Sequence[np.ndarray], first_z: int = 1,
+                    probabilities: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+    """The output value: landmark k of image i becomes {"name": "k+1", "point": [x, y, first_z + i]}, with
+    "probability" (the model's confidence in [0, 1]) when `probabilities` gives one per landmark."""
     points = [
         {"name": str(k + 1), "point": [round(float(x), 3), round(float(y), 3), first_z + i]}
         for i, landmarks in enumerate(landmarks_per_image)
         for k, (x, y) in enumerate(landmarks)
     ]
+    if probabilities is not None:
+        flat = [float(p) for image in probabilities for p in image]
+        if len(flat) != len(points):
+            raise ValueError(f"{len(flat)} probabilities for {len(points)} points")
+        for point, probability in zip(points, flat):
+            point["probability"] = round(min(max(probability, 0.0), 1.0), 4)
     return {"name": OUTPUT_NAME, "type": "Multiple points", "points": points, "version": {"major": 1, "minor": 0}}
 
 

@@ -110,6 +110,8 @@ def resize(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     return rows[:, cols_low] * (1 - col_weight) + rows[:, cols_high] * col_weight
 
 
+# How `resize` shrinks: the mean of whole-pixel blocks, then bilinear interpolation (recorded in the metadata).
+RESIZE_METHODS = ("block_mean_bilinear",)
 NORMALIZATIONS = ("zscore",)
 
 

@@ -14,7 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 from evalutils import DetectionAlgorithm
 from evalutils.exceptions import FileLoaderError, ValidationError
 from evalutils.io import ImageLoader
@@ -22,7 +21,7 @@ from evalutils.validators import DataFrameValidator
 
 from algorithm.codec import DECODERS
 from algorithm.devices import DEVICES, DeviceError
-from algorithm.inference import LandmarkDetector
+from algorithm.inference import Detection, LandmarkDetector
 from algorithm.inputs import scan_input
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError
 from algorithm.output import OutputError, check_output_path, multiple_points, schema_errors, write_json_atomically
@@ -105,7 +104,7 @@ class OrthodonticLandmarks(DetectionAlgorithm):
         cases = self._cases[file_loader_key or self._index_key]
         self._case_results = [self.process_case(idx=index, case=case) for index, case in enumerate(cases)]
 
-    def process_case(self, *, idx: int, case: dict) -> list[np.ndarray]:
+    def process_case(self, *, idx: int, case: dict) -> list[Detection]:
         # evalutils would hash the whole file again here; the header was checked when loading
         stack = ImageStack(case["path"], self.loader.scope)
         logger.info("%s: %d image(s) of %d x %d pixels (height x width)", stack.label, len(stack), stack.height,
@@ -118,12 +117,13 @@ class OrthodonticLandmarks(DetectionAlgorithm):
             logger.debug("processing %s failed", stack.label, exc_info=True)
             raise InputError(f"{stack.label}: processing failed ({describe(error)})") from None
 
-    def predict(self, *, input_image: ImageStack) -> list[np.ndarray]:
+    def predict(self, *, input_image: ImageStack) -> list[Detection]:
         return list(self.detector.predict(input_image))
 
     def save(self) -> None:
-        landmarks = [image for stack in self._case_results for image in stack]
-        value = multiple_points(landmarks)
+        detections = [image for stack in self._case_results for image in stack]
+        landmarks = [detection.points for detection in detections]
+        value = multiple_points(landmarks, probabilities=[detection.confidence for detection in detections])
         errors = schema_errors(value)
         if errors:
             raise RuntimeError(f"refusing to write an invalid output: {errors[0]}")
@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: 1)")
     parser.add_argument("--decoder", choices=DECODERS, default=None,
                         help="heatmap decoding (default: the model metadata's choice)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the model's second stage, a full-resolution look at each landmark, when it has "
+                        "one; --no-refine keeps the first stage's landmarks (default: --refine)")
     return parser.parse_args(argv)
 
 
@@ -163,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.input.is_dir():
             problem = "is not a folder" if args.input.exists() else "does not exist"
             raise InputError(f"{args.input}: the input folder {problem}")
-        detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder)
+        detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder, args.refine)
         meta = detector.metadata
-        logger.info("model %s: %d landmarks, input %d x %d (height x width); trained on: %s", args.model,
-                    meta.num_landmarks, meta.input_height, meta.input_width, meta.trained_on[:120])
+        stages = "two stages" if detector.refinement else (
+            "first stage only (--no-refine)" if meta.refinement else "one stage")
+        logger.info("model %s: %d landmarks, input %d x %d (height x width), %s; trained on: %s", args.model,
+                    meta.num_landmarks, meta.codec.input_height, meta.codec.input_width, stages, meta.trained_on[:120])
         OrthodonticLandmarks(args.input, args.output, detector).process()
     except (InputError, ModelError, OutputError, DeviceError, ValidationError, FileLoaderError, ValueError) as error:
         print(f"error: {describe(error)}", file=sys.stderr)

@@ -27,7 +27,7 @@ from algorithm.metadata import DEFAULT_MODEL_DIR  # noqa: E402
 from algorithm.output import multiple_points, schema_errors, write_json_atomically  # noqa: E402
 from algorithm.reader import ImageStack  # noqa: E402
 
-PHASES = ("read", "preprocess", "inference", "decode")
+PHASES = ("read", "preprocess", "inference", "decode", "refine")
 
 
 def resident_mb() -> dict:
@@ -52,7 +52,7 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
     validation_hash_s = clock() - start
 
     times = {phase: [] for phase in PHASES}
-    landmarks = []
+    detections = []
     images = iter(stack)
     while True:
         t0 = clock()
@@ -64,15 +64,16 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
         t2 = clock()
         heatmaps = detector.heatmaps(inputs[None])
         t3 = clock()
-        points = detector.decode(heatmaps, [geometry])[0]
+        first = detector.decode(heatmaps, [geometry])[0]
         t4 = clock()
-        landmarks.append(points)
-        for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        detections.append(detector.refine(image, geometry, first))
+        t5 = clock()
+        for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             times[phase].append(1000 * seconds)
         del image
 
     start = clock()
-    value = multiple_points(landmarks)
+    value = multiple_points([d.points for d in detections], probabilities=[d.confidence for d in detections])
     if schema_errors(value):
         raise RuntimeError("invalid output")
     with tempfile.TemporaryDirectory() as folder:
@@ -81,7 +82,7 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
     memory["peak"] = resident_mb()["peak"]
 
     return {
-        "images": len(landmarks),
+        "images": len(detections),
         "providers": detector.providers,
         "fixed_s": {"imports": imports_s, "model_load": model_load_s, "output_json": output_s},
         "validation_hash_s": validation_hash_s,

@@ -269,7 +269,8 @@ def render(results: dict) -> str:
     out.append(f"Benchmark {results['started']}  ({machine['cpus']} CPUs, load average at start "
                f"{machine['load_start']:.2f}, at end {machine['load_end']:.2f}; commit {machine['commit']})")
     out.append(f"ours: python -m algorithm.process --device {settings['device']}, model input "
-               f"{model.get('input_height')} x {model.get('input_width')} ({model.get('trained_on', '?')}); "
+               f"{model.get('input_height')} x {model.get('input_width')}, {model.get('stages', 1)} stage(s) "
+               f"({model.get('trained_on', '?')}); "
                f"medians of {settings['repeats']} run(s); baseline: {settings['baseline_repeats']} run(s)")
     ours, base, stacks = results["ours"], results["baseline"], results["stacks"]
     rows = []
@@ -361,8 +362,8 @@ def model_info(model_dir: Path | None) -> dict:
         meta = ModelMetadata.load(folder)
     except ModelError:
         return {"folder": str(folder)}
-    return {"folder": str(folder), "input_height": meta.input_height, "input_width": meta.input_width,
-            "trained_on": meta.trained_on, "landmarks": meta.num_landmarks}
+    return {"folder": str(folder), "input_height": meta.codec.input_height, "input_width": meta.codec.input_width,
+            "stages": 2 if meta.refinement else 1, "trained_on": meta.trained_on, "landmarks": meta.num_landmarks}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

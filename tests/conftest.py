@@ -130,7 +130,7 @@ def five_image_landmarks(untrained_model) -> np.ndarray:
     from algorithm.inference import LandmarkDetector
 
     detector = LandmarkDetector(untrained_model, device="cpu")
-    return np.stack([next(detector.predict([image])) for image in pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH)])
+    return np.stack([next(detector.predict([image])).points for image in pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH)])
 
 
 @dataclass

@@ -377,6 +377,10 @@ def edit_metadata(**changes) -> Callable[[Path], None]:
     return change
 
 
+def edit_codec(**changes) -> Callable[[Path], None]:
+    return edit_metadata(codec=lambda m: {**m["codec"], **changes})
+
+
 # Whoever runs these may be root, who can list any folder; an unreadable folder is therefore made by
 # failing os.scandir for it, in the process under test and nowhere else.
 LOCKED_SCANDIR = """
@@ -451,14 +455,20 @@ RUNS = {
     "truncated NIfTI": Run(truncated_nifti, ["image.nii", "truncated"]),
     "broken link": Run(broken_link, ["x.mha", "broken link"]),
     "metadata: wrong heatmap stride": Run(all_five, ["model.onnx", "heatmap stride 4"],
-                                          model=model_with(edit_metadata(heatmap_stride=lambda m: 4))),
+                                          model=model_with(edit_codec(stride=4))),
     "metadata: wrong input size": Run(all_five, ["model.onnx", "(N, 1, 160, 96)"],
-                                      model=model_with(edit_metadata(input_height=lambda m: 160))),
+                                      model=model_with(edit_codec(input_height=160))),
     "metadata: a landmark name short": Run(all_five, ["model.onnx", "landmark names"],
                                            model=model_with(edit_metadata(
                                                landmark_names=lambda m: m["landmark_names"][:-1]))),
-    "metadata: stride 0": Run(all_five, ["metadata.json", "heatmap_stride"],
-                              model=model_with(edit_metadata(heatmap_stride=lambda m: 0))),
+    "metadata: stride 0": Run(all_five, ["metadata.json", "stride"],
+                              model=model_with(edit_codec(stride=0))),
+    "metadata: unknown output activation": Run(all_five, ["metadata.json", "activation 'sigmoid'"],
+                                               model=model_with(edit_codec(activation="sigmoid"))),
+    "metadata: second stage file missing": Run(all_five, ["refine.onnx", "not found", "--no-refine"],
+                                               model=model_with(edit_metadata(refinement=lambda m: {
+                                                   "crops": {"fraction": 0.1, "size": 32},
+                                                   "codec": {**m["codec"], "input_height": 32, "input_width": 32}}))),
     "model.onnx not a model": Run(all_five, ["model.onnx"],
                                   model=model_with(lambda m: (m / "model.onnx").write_bytes(b"not a model"))),
     "output is a folder": Run(all_five, ["out.json", "is a folder"], output=output_is_a_folder),
@@ -525,7 +535,7 @@ def expected_landmarks(name: str, five_image_landmarks: np.ndarray, untrained_mo
     content = signed_content(FIVE_IMAGES[0])
     twin = np.zeros((FIVE_HEIGHT, FIVE_WIDTH), dtype=np.uint16)
     twin[: content.shape[0], : content.shape[1]] = content + 512
-    return np.stack([next(LandmarkDetector(untrained_model, device="cpu").predict([twin]))])
+    return np.stack([next(LandmarkDetector(untrained_model, device="cpu").predict([twin])).points])
 
 
 @pytest.mark.slow

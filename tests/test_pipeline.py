@@ -173,8 +173,11 @@ def test_export_writes_the_model_and_its_metadata(run, exported_model, synthetic
     metadata = json.loads((exported_model / "metadata.json").read_text())
     tiny = json.loads(TINY_CONFIG.read_text())
     assert metadata["landmark_names"] == synthetic_dataset.names
-    assert (metadata["input_height"], metadata["input_width"]) == (tiny["input_height"], tiny["input_width"])
-    assert (metadata["heatmap_stride"], metadata["heatmap_sigma"]) == (tiny["stride"], tiny["sigma"])
+    codec = metadata["codec"]
+    assert (codec["input_height"], codec["input_width"]) == (tiny["input_height"], tiny["input_width"])
+    assert (codec["stride"], codec["sigma"]) == (tiny["stride"], tiny["sigma"])
+    assert (codec["decoder"], codec["centroid_radius"], codec["activation"]) == ("centroid", 2, "spatial_softmax")
+    assert metadata["resize"] == "block_mean_bilinear" and metadata["refinement"] is None
     assert metadata["training"]["epoch"] == checkpoint_state(run.directory / "best.pt")["epoch"]
     assert metadata["training"]["export_check"]["max_landmark_shift_px"] < 0.05
 

@@ -54,7 +54,7 @@ def test_the_five_images_are_told_apart(five_image_landmarks):
 
 def test_batches_give_the_same_landmarks_as_single_images(untrained_model, five_image_landmarks):
     detector = LandmarkDetector(untrained_model, device="cpu", batch_size=3)
-    batched = np.stack(list(detector.predict(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))))
+    batched = np.stack([d.points for d in detector.predict(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))])
     np.testing.assert_allclose(batched, five_image_landmarks, atol=1e-3)
 
 

@@ -8,12 +8,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from algorithm.codec import DECODERS, HeatmapCodec
+from algorithm.crops import CropSpec
 from algorithm.devices import DEVICES
 from algorithm.preprocessing import NORMALIZATIONS
 from training.augment import AugmentConfig
 from training.model import UNet
 
 SELECTIONS = ("source_mean", "pooled")
+STAGE_NAMES = ("detect", "refine")
 
 
 def _option(default, help: str, choices: tuple[str, ...] | None = None):
@@ -28,6 +30,14 @@ class TrainConfig:
     annotations: str = _option("", "the ground-truth JSON of --images")
     data: list[list[str]] = field(default_factory=list, metadata={"help": "[images, annotations] pairs"})
     output: str = _option("runs/unet", "run folder: config.json, split.json, last.pt, best.pt, curves")
+    stage: str = _option("detect", "detect: the first stage, on the whole image; refine: the second stage, on a "
+                         "full-resolution crop about each landmark", STAGE_NAMES)
+    first_stage: str = _option("algorithm/model", "refine: the exported first stage whose landmarks the crops are "
+                               "centred on (validation, export)")
+    crop_fraction: float = _option(0.08, "refine: crop side as a share of the image content's height")
+    crop_size: int = _option(96, "refine: crop pixels per side")
+    crop_jitter: float = _option(0.1, "refine: standard deviation of the training crops' offset from the ground "
+                                 "truth, as a share of the crop side")
     input_height: int = _option(512, "model input height in pixels")
     input_width: int = _option(416, "model input width in pixels")
     normalization: str = _option("zscore", "intensity normalisation of the input", NORMALIZATIONS)
@@ -74,7 +84,13 @@ class TrainConfig:
         return pairs
 
     def codec(self) -> HeatmapCodec:
+        """The stage's codec: the whole model input (detect) or one crop (refine)."""
+        if self.stage == "refine":
+            return HeatmapCodec(self.crop_size, self.crop_size, self.stride, self.sigma, self.decoder)
         return HeatmapCodec(self.input_height, self.input_width, self.stride, self.sigma, self.decoder)
+
+    def crop_spec(self) -> CropSpec:
+        return CropSpec(self.crop_fraction, self.crop_size, self.normalization)
 
     def build_model(self, num_landmarks: int) -> UNet:
         return UNet(num_landmarks, self.width, self.depth, self.stride)

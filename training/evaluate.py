@@ -24,9 +24,11 @@ from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from training.data import LandmarkData, load_sources, make_split, prepare_data, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.metrics import SDR_THRESHOLDS_MM, format_table, per_landmark, radial_errors_mm, summarize
+from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
+                              radial_errors_mm, summarize)
 from training.plots import image_label, plot_error_cdf, plot_overlays
-from training.validation import predict_with_torch, to_original
+from training.stages import FullResolution, predict_refined, read_contents
+from training.validation import ValidationSet, predict_with_torch, to_original
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
 SPLITS = ("auto", "train", "val", "test", "all")
@@ -34,15 +36,24 @@ SPLITS = ("auto", "train", "val", "test", "all")
 
 def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: LandmarkData,
                             indices: list[int]) -> np.ndarray:
-    """(N, K, 2) original-pixel predictions of a torch model, decoded as the container decodes."""
-    prepared = prepare_data(data, indices, config.input_height, config.input_width, config.normalization)
-    return to_original(prepared, predict_with_torch(model, config.codec(), prepared.inputs, torch.device("cpu"), 4))
+    """(N, K, 2) original-pixel predictions of a torch model, decoded as the container decodes; a second-stage
+    checkpoint refines its exported first stage's landmarks."""
+    if config.stage == "refine":
+        first = LandmarkDetector(config.first_stage, device="cpu", refine=False)
+        centres = np.stack([d.points for d in first.predict(data.read_images(indices))])
+        val_set = ValidationSet(data, indices, FullResolution(read_contents(data, indices), centres))
+        return predict_refined(config, model, val_set, torch.device("cpu"))
+    codec = config.codec()
+    prepared = prepare_data(data, indices, codec.input_height, codec.input_width, config.normalization)
+    return to_original(prepared, predict_with_torch(model, codec, prepared.inputs, torch.device("cpu"), 4))
 
 
-def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None) -> np.ndarray:
-    """(N, K, 2) original-pixel predictions through the container's inference path."""
-    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder)
-    return np.stack(list(detector.predict(data.read_images(indices))))
+def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None,
+                      refine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 2) original-pixel predictions and (N, K) confidences through the container's inference path."""
+    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder, refine=refine)
+    detections = list(detector.predict(data.read_images(indices)))
+    return np.stack([d.points for d in detections]), np.stack([d.confidence for d in detections])
 
 
 def write_per_image(rows: list[tuple[str, str, np.ndarray]], names: list[str], path: Path) -> None:
@@ -79,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="results folder (default: a new runs/evaluation/NNN); an existing one needs --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing --output folder")
     parser.add_argument("--decoder", choices=DECODERS, help="with --model: heatmap decoding (default: the metadata's)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --model: run its second stage, if it has one (--no-refine: the first stage alone)")
     parser.add_argument("--overlays", type=int, default=6, help="overlays of the worst images, per data set")
     return parser.parse_args(argv)
 
@@ -122,21 +135,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     trained_on = {source_name(Path(images)) for images, _ in config.sources()}
+    two_stages = config.stage == "refine" if args.checkpoint else bool(args.refine and metadata.refinement)
+    stages = "first stage and refinement" if two_stages else "first stage"
     model_name = str(args.checkpoint or args.model)
     output.mkdir(parents=True, exist_ok=True)
-    results, all_errors, per_image = {}, [], []
+    results, all_errors, all_confidences, per_image = {}, [], [], []
     for data, (images, ground_truth) in zip(datasets, sources):
         split, indices = split_indices(data, args.split, config, trained_on)
         if args.checkpoint:
-            predicted = predict_with_checkpoint(model, config, data, indices)
+            predicted, confidence = predict_with_checkpoint(model, config, data, indices), None
         else:
-            predicted = predict_with_onnx(args.model, data, indices, args.decoder)
+            predicted, confidence = predict_with_onnx(args.model, data, indices, args.decoder, args.refine)
+            all_confidences.append(confidence)
         errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
         all_errors.append(errors)
         per_image += [(data.name, image_label(data, i), e) for i, e in zip(indices, errors)]
         results[data.name] = {"images": str(images), "annotations": str(ground_truth), "split": split,
                               "num_images": len(indices), "summary": summarize(errors),
                               "per_landmark": per_landmark(errors, data.landmark_names)}
+        if confidence is not None:
+            results[data.name]["confidence"] = confidence_report(confidence, errors)
         plot_overlays(data, indices, predicted, errors, output / "overlays", args.overlays)
         print(f"{data.name}, {split} ({len(indices)} images): MRE {results[data.name]['summary']['MRE']:.3f} mm, "
               f"SDR@2mm {results[data.name]['summary']['SDR@2']:.1f} %", flush=True)
@@ -145,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     summary, landmarks = summarize(errors), per_landmark(errors, names)
     splits = {r["split"] for r in results.values()}
     result = {"source": model_name, "split": splits.pop() if len(splits) == 1 else "mixed",
-              "num_images": len(errors), "summary": summary, "per_landmark": landmarks, "data_sets": results}
+              "stages": stages, "num_images": len(errors), "summary": summary, "per_landmark": landmarks,
+              "data_sets": results}
+    if all_confidences:
+        result["confidence"] = confidence_report(np.concatenate(all_confidences), errors)
     (output / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     table = format_table(landmarks, ["landmark"] + SUMMARY_COLUMNS)
     (output / "per_landmark.md").write_text(table + "\n")
@@ -155,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, r in results.items()]
     if len(results) > 1:
         rows.append({"data set": f"pooled ({len(errors)} images)", **summary})
-    print(f"{model_name}:")
+    print(f"{model_name} ({stages}):")
     print(format_table(rows, ["data set"] + SUMMARY_COLUMNS))
     print(f"per landmark (pooled):\n{table}")
+    for name, report in [*((n, r["confidence"]) for n, r in results.items() if "confidence" in r),
+                         *([("pooled", result["confidence"])] if len(results) > 1 and all_confidences else [])]:
+        print(f"confidence, {name}: AUROC {report['AUROC']:.3f} for errors above {report['threshold_mm']:g} mm; "
+              f"MRE {report['MRE_least_confident']:.2f} mm for the {100 * report['least_confident_share']:.0f} % "
+              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest")
     print(f"results in {output}")
     return 0
 

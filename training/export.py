@@ -1,5 +1,8 @@
 """Export a checkpoint to `algorithm/model/` (model.onnx + metadata.json) for the container.
 
+A second-stage (refine) checkpoint becomes refine.onnx beside its first stage, whose metadata
+gains a `refinement` section; exporting a first stage into a folder removes a stale refine.onnx.
+
 The ONNX graph ends in a spatial softmax, so the container decodes probabilities. The
 export is checked with onnx.checker and compared with torch on real, preprocessed
 images; a model whose outputs differ beyond the tolerance is not written.
@@ -15,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +27,9 @@ import onnxruntime as ort
 import torch
 
 from algorithm.codec import HeatmapCodec
-from algorithm.metadata import DEFAULT_MODEL_DIR, MODEL_FILE, ModelMetadata
-from algorithm.preprocessing import prepare
+from algorithm.inference import LandmarkDetector
+from algorithm.metadata import DEFAULT_MODEL_DIR, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata, RefinementStage
+from algorithm.preprocessing import content_extent, prepare, to_grayscale
 from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax
 from training.checkpoint import load_checkpoint
@@ -42,14 +47,21 @@ class ExportMismatch(RuntimeError):
 
 
 def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.ndarray:
-    """Up to `count` images from a stack file or a folder of images, preprocessed as the container does."""
+    """Up to `count` images from a stack file or a folder of images, as the stage's model sees them: preprocessed
+    as the container does (detect), or the crops about the first stage's landmarks on the first image (refine)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and looks_like_image(p)) if path.is_dir() else [path]
-    inputs = []
-    for file in files:
-        for image in ImageStack(file):
-            inputs.append(prepare(image, config.input_height, config.input_width, config.normalization)[0])
-            if len(inputs) == count:
-                return np.stack(inputs)
+    images = (image for file in files for image in ImageStack(file))
+    if config.stage == "refine":
+        image = next(images, None)
+        if image is None:
+            raise ValueError(f"no image to compare with in {path}")
+        first = next(LandmarkDetector(config.first_stage, device="cpu", refine=False).predict([image]))
+        gray = to_grayscale(image)
+        height, width = content_extent(gray)
+        return config.crop_spec().extract(gray[:height, :width], first.points)[0]
+    codec = config.codec()
+    inputs = [prepare(image, codec.input_height, codec.input_width, config.normalization)[0]
+              for image in islice(images, count)]
     if not inputs:
         raise ValueError(f"no image to compare with in {path}")
     return np.stack(inputs)
@@ -69,26 +81,42 @@ def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarr
     return report
 
 
+def stage_metadata(config: TrainConfig, names: list[str], trained_on: str, accuracy: dict,
+                   training: dict) -> ModelMetadata:
+    """The metadata of the model folder: a first stage's own, or the first stage's with this second stage added."""
+    if config.stage == "detect":
+        return ModelMetadata(landmark_names=names, codec=config.codec(), normalization=config.normalization,
+                             trained_on=trained_on, accuracy=accuracy, training=training)
+    metadata = ModelMetadata.load(Path(config.first_stage))
+    metadata.refinement = RefinementStage(crops=config.crop_spec(), codec=config.codec(), training=training)
+    metadata.accuracy = accuracy or metadata.accuracy
+    return metadata
+
+
 def export(model: torch.nn.Module, config: TrainConfig, names: list[str], output_dir: Path,
            compare_input: Path, trained_on: str, accuracy: dict, training: dict) -> dict:
-    """Write model.onnx and metadata.json to `output_dir`, only if the export checks pass."""
+    """Write the stage's graph and metadata.json to `output_dir`, only if the export checks pass; a second stage
+    goes beside a copy of its first stage (model.onnx) unless `output_dir` is the first stage's folder."""
     wrapped = SpatialSoftmax(model).eval()
-    dummy = torch.zeros(1, 1, config.input_height, config.input_width)
+    codec = config.codec()
+    dummy = torch.zeros(1, 1, codec.input_height, codec.input_width)
+    graph_file = MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = Path(scratch) / MODEL_FILE
+        onnx_path = Path(scratch) / graph_file
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(wrapped, (dummy,), str(onnx_path), dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["heatmaps"],
                           dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}})
         onnx.checker.check_model(str(onnx_path))
-        report = compare_with_torch(wrapped, onnx_path, comparison_inputs(compare_input, config), config.codec())
-        metadata = ModelMetadata(
-            landmark_names=names, input_height=config.input_height, input_width=config.input_width,
-            heatmap_stride=config.stride, heatmap_sigma=config.sigma, normalization=config.normalization,
-            decoder=config.decoder, trained_on=trained_on, accuracy=accuracy,
-            training={**training, "export_check": report})
+        report = compare_with_torch(wrapped, onnx_path, comparison_inputs(compare_input, config), codec)
+        metadata = stage_metadata(config, names, trained_on, accuracy, {**training, "export_check": report})
         output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx_path, output_dir / MODEL_FILE)
+        first_stage = Path(config.first_stage) / MODEL_FILE
+        if config.stage == "refine" and first_stage.resolve() != (output_dir / MODEL_FILE).resolve():
+            shutil.copyfile(first_stage, output_dir / MODEL_FILE)
+        shutil.copyfile(onnx_path, output_dir / graph_file)
+        if config.stage == "detect" and (output_dir / REFINE_MODEL_FILE).exists():
+            (output_dir / REFINE_MODEL_FILE).unlink()  # it refined the replaced first stage's landmarks
         metadata.save(output_dir)
     return report
 
@@ -142,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportMismatch, InputError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    size_mb = (args.output / MODEL_FILE).stat().st_size / 1e6
-    print(f"wrote {args.output / MODEL_FILE} ({size_mb:.1f} MB) and metadata.json; torch vs ONNX Runtime: {report}")
+    graph = args.output / (MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE)
+    print(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and metadata.json; torch vs ONNX Runtime: {report}")
     return 0
 
 

@@ -38,3 +38,31 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for the `positive` cases (the Mann-Whitney U, ties counted half);
+    NaN when either class is empty."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    num_positive, num_negative = int(positive.sum()), int((~positive).sum())
+    if num_positive == 0 or num_negative == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties sharing their mean rank
+    return float((ranks[positive].sum() - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative))
+
+
+def confidence_report(confidence: np.ndarray, errors_mm: np.ndarray, threshold_mm: float = 2.0,
+                      least_share: float = 0.1) -> dict[str, float]:
+    """How well per-landmark confidences rank errors: the AUROC of (1 - confidence) for errors above
+    `threshold_mm`, and the MRE of the `least_share` least confident landmarks against the rest."""
+    scored = ~np.isnan(errors_mm)
+    confidence, errors = np.asarray(confidence)[scored], np.asarray(errors_mm)[scored]
+    order = np.argsort(confidence, kind="stable")
+    least = order[:max(1, int(round(least_share * len(order))))]
+    rest = np.ones(len(order), dtype=bool)
+    rest[least] = False
+    return {"AUROC": auroc(-confidence, errors > threshold_mm), "threshold_mm": threshold_mm,
+            "least_confident_share": least_share, "MRE_least_confident": float(errors[least].mean()),
+            "MRE_rest": float(errors[rest].mean()) if rest.any() else float("nan"),
+            "mean_confidence": float(confidence.mean())}

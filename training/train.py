@@ -1,4 +1,7 @@
-"""Train the UNet heatmap model: `python -m training.train --data IMAGES GT.json [--data ...]`.
+"""Train a stage of the landmark model: `python -m training.train --data IMAGES GT.json [--data ...]`.
+
+The first stage (`--stage detect`, the default) finds every landmark on the whole image; the second
+(`--stage refine`) looks again at a full-resolution crop about each one (see training/stages.py).
 
 CPU by default; CUDA with mixed precision when present; several GPUs (or CPU processes)
 under `torchrun`. Every epoch validates each data set (MRE in mm through the container's
@@ -23,25 +26,24 @@ from algorithm.reader import InputError
 from training import checkpoint, distributed
 from training.augment import augment
 from training.config import TrainConfig, add_config_options, config_from_args
-from training.data import concatenate, load_sources, make_split, prepare_data
+from training.data import load_sources, make_split
 from training.loss import heatmap_loss
 from training.plots import plot_curves
 from training.schedule import learning_rate_at
+from training.stages import STAGES, DetectStage, RefineStage
 from training.targets import encode_batch
-from training.validation import ValidationSet, validate
+from training.validation import validate
 
 
 @dataclass
 class Run:
-    """What one training process holds: data on the device, the model, its optimiser and the history."""
+    """What one training process holds: its stage's data, the model, its optimiser and the history."""
 
     config: TrainConfig
     output: Path
     device: torch.device
     names: list[str]
-    images: torch.Tensor
-    points: torch.Tensor
-    val_sets: list[ValidationSet]
+    stage: DetectStage | RefineStage
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -49,19 +51,15 @@ class Run:
 
 
 def load_run_data(config: TrainConfig, is_main: bool):
-    """Every data set, split per set from the seed, and the training and validation images prepared once."""
+    """Every data set, split per set from the seed, and the stage's training and validation data."""
     datasets = load_sources(config.sources())
     splits = {d.name: make_split(len(d), config.seed, config.val_fraction, config.test_fraction) for d in datasets}
-    prep = dict(input_height=config.input_height, input_width=config.input_width, normalization=config.normalization)
-    train_data = concatenate([prepare_data(d, splits[d.name]["train"], **prep) for d in datasets])
-    val_sets = [ValidationSet(d, splits[d.name]["val"], prepare_data(d, splits[d.name]["val"], **prep))
-                for d in datasets]
     if is_main:
         for d in datasets:
             part = splits[d.name]
             print(f"  {d.name}: {len(d)} images, {len(part['train'])} train / {len(part['val'])} val / "
                   f"{len(part['test'])} test", flush=True)
-    return datasets, splits, train_data, val_sets
+    return datasets, splits, STAGES[config.stage](config, datasets, splits, is_main)
 
 
 def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device) -> Run:
@@ -69,9 +67,9 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
     is_main = rank == 0
     output = Path(config.output)
     if is_main:
-        print(f"training on {device} ({torch.get_num_threads()} threads), output {output}, "
+        print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}, "
               f"best.pt by {config.selection} validation MRE", flush=True)
-    datasets, splits, train_data, val_sets = load_run_data(config, is_main)
+    datasets, splits, stage = load_run_data(config, is_main)
     names = datasets[0].landmark_names
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -87,25 +85,26 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
         state = checkpoint.resume(output, model, optimizer, scaler, config, names, device, is_main)
         if is_main:
             print(f"resuming {output} at epoch {state['epoch'] + 1}", flush=True)
-    images = torch.from_numpy(train_data.inputs)[:, None].to(device)
-    points = torch.from_numpy(train_data.model_landmarks).float().to(device)
-    return Run(config, output, device, names, images, points, val_sets, model, optimizer, scaler, state)
+    return Run(config, output, device, names, stage, model, optimizer, scaler, state)
 
 
 def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: int, world_size: int) -> float:
-    """One pass over the training images (this process's share): augment, encode, step. Returns the mean loss."""
+    """One pass over the stage's training data (this process's share): augment, encode, step. Returns the mean loss."""
     config, device, codec = run.config, run.device, run.config.codec()
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate_at(config, epoch)
+    inputs, landmarks = run.stage.epoch_data(epoch)
+    images = torch.from_numpy(inputs)[:, None].to(device)
+    points = torch.from_numpy(landmarks).float().to(device)
     generator = torch.Generator(device).manual_seed(config.seed * 1000 + epoch * world_size + rank)
-    order = torch.randperm(len(run.images), generator=torch.Generator().manual_seed(config.seed + epoch))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed + epoch))
     order = order[: len(order) - len(order) % world_size][rank::world_size].to(device)  # same batch count each
     trained_model.train()
     losses = []
     batches = range(0, len(order), config.batch_size)
     for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0, leave=False):
         index = order[start:start + config.batch_size]
-        batch, batch_points = augment(run.images[index], run.points[index], config.augment, generator)
+        batch, batch_points = augment(images[index], points[index], config.augment, generator)
         targets, weights = encode_batch(codec, batch_points)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             loss = heatmap_loss(trained_model(batch), targets, weights)
@@ -120,7 +119,8 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
 def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
     """Score each validation set, record the epoch, write last.pt (and best.pt if it improved) and the curves."""
     config, state = run.config, run.state
-    result = validate(run.model, config.codec(), run.val_sets, run.device, config.batch_size, config.selection)
+    result = validate(lambda val_set: run.stage.predict(run.model, val_set, run.device), run.stage.val_sets,
+                      config.selection)
     pooled = result["pooled"]
     row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": learning_rate_at(config, epoch),
            "val_MRE": pooled["MRE"], "val_SDR@2": pooled["SDR@2"], "val_score": result["score"],
@@ -139,7 +139,7 @@ def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
     plot_curves(state["history"], run.output / "learning_curves.png")
     per_source = "".join(f"  {name} {s['MRE']:.3f}" for name, s in row["val_sources"].items())
     print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val MRE {pooled['MRE']:.3f} mm  SDR@2mm {pooled['SDR@2']:.1f} %"
-          f"{per_source if len(run.val_sets) > 1 else ''}{'  (best)' if improved else ''}", flush=True)
+          f"{per_source if len(run.stage.val_sets) > 1 else ''}{'  (best)' if improved else ''}", flush=True)
 
 
 def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | None = None) -> dict:

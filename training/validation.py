@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,24 +34,23 @@ def to_original(prepared: PreparedData, model_points: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ValidationSet:
-    """One data set's validation images, prepared once."""
+    """One data set's validation images, prepared once as its stage needs them."""
 
     data: LandmarkData
     indices: list[int]
-    prepared: PreparedData
+    inputs: Any  # the stage's: PreparedData (detect) or full-resolution images (refine)
 
 
-def validate(model: torch.nn.Module, codec: HeatmapCodec, sets: list[ValidationSet], device: torch.device,
-             batch_size: int, selection: str) -> dict:
+def validate(predict: Callable[[ValidationSet], np.ndarray], sets: list[ValidationSet], selection: str) -> dict:
     """Summaries per data set and pooled, and the score that model selection minimises.
 
-    `source_mean` (the mean of the per-set MREs) weighs every centre alike; `pooled` weighs every
-    landmark alike, so the larger set dominates.
+    `predict` gives a set's (N, K, 2) original-pixel landmarks. `source_mean` (the mean of the
+    per-set MREs) weighs every centre alike; `pooled` weighs every landmark alike, so the larger
+    set dominates.
     """
     errors = {}
     for item in sets:
-        predicted = to_original(item.prepared, predict_with_torch(model, codec, item.prepared.inputs, device,
-                                                                  batch_size))
+        predicted = predict(item)
         errors[item.data.name] = radial_errors_mm(predicted, item.data.landmarks[item.indices],
                                                   item.data.spacing[item.indices])
     per_source = {name: summarize(value) for name, value in errors.items()}

@@ -1,0 +1,112 @@
+"""The second stage's input: a square crop of the original image around each landmark, and the map back.
+
+The crop's side is a fixed share of the image content's height (the container does not know mm per
+pixel, and every centre's images span the whole skull), centred on a first-stage landmark and
+resampled to `size` x `size` pixels. Crop pixel u sits at original position
+centre + (u - (size - 1) / 2) * scale on each axis; `to_crop` and `to_original` are that map and its
+inverse. Each crop pixel averages `ceil(scale)`^2 bilinear samples over its footprint (an area
+resample, so shrinking does not alias), edges repeated; each crop is z-scored on its own, which
+keeps the second stage blind to a centre's overall brightness. Training imports these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from algorithm.codec import HeatmapCodec
+from algorithm.preprocessing import NORMALIZATIONS, normalize
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where each of K crops lies in the original image: its (K, 2) centres and one scale."""
+
+    centres: np.ndarray  # (K, 2) original-pixel (x, y)
+    scale: float  # original pixels per crop pixel
+    size: int
+
+    def to_original(self, points_xy: np.ndarray) -> np.ndarray:
+        """(K, 2) crop-pixel positions, one in each crop, to original pixels."""
+        return self.centres + (np.asarray(points_xy, dtype=np.float64) - (self.size - 1) / 2) * self.scale
+
+    def to_crop(self, points_xy: np.ndarray) -> np.ndarray:
+        """(K, 2) original-pixel positions, one for each crop, to pixels of that crop."""
+        return (np.asarray(points_xy, dtype=np.float64) - self.centres) / self.scale + (self.size - 1) / 2
+
+    def every_landmark_in_every_crop(self, points_xy: np.ndarray) -> np.ndarray:
+        """(L, 2) original-pixel landmarks to (K, L, 2): where each of them lies in each crop."""
+        return self.to_crop(np.asarray(points_xy, dtype=np.float64)[None, :, :].swapaxes(0, 1)).swapaxes(0, 1)
+
+
+def crop_scale(content_height: int, fraction: float, size: int) -> float:
+    """Original pixels per crop pixel for a crop side of `fraction` x the content height."""
+    return fraction * content_height / size
+
+
+def _bilinear(gray: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`gray` sampled at (x, y), with positions outside clamped to the edge pixels."""
+    height, width = gray.shape
+    x = np.clip(x, 0, width - 1)
+    y = np.clip(y, 0, height - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), width - 2) if width > 1 else np.zeros(x.shape, np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), height - 2) if height > 1 else np.zeros(y.shape, np.int64)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    wx, wy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    top = gray[y0, x0] * (1 - wx) + gray[y0, x1] * wx
+    bottom = gray[y1, x0] * (1 - wx) + gray[y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """What a second-stage crop is: its side as a share of the content height, its pixels, its normalisation."""
+
+    fraction: float
+    size: int
+    normalization: str = "zscore"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"crop fraction {self.fraction!r} is not in (0, 1]")
+        if not (isinstance(self.size, int) and self.size > 1):
+            raise ValueError(f"crop size {self.size!r} is not a whole number above 1")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
+
+    def extract(self, content: np.ndarray, centres_xy: np.ndarray) -> tuple[np.ndarray, CropGeometry]:
+        """(K, size, size) float32 crops of a 2D un-padded image around (K, 2) original-pixel centres."""
+        return extract_crops(content, centres_xy, self.fraction, self.size, self.normalization)
+
+
+def extract_crops(content: np.ndarray, centres_xy: np.ndarray, fraction: float, size: int,
+                  normalization: str) -> tuple[np.ndarray, CropGeometry]:
+    """(K, size, size) normalised crops of a 2D un-padded image around (K, 2) original-pixel centres."""
+    geometry = CropGeometry(np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2),
+                            crop_scale(content.shape[0], fraction, size), size)
+    samples = max(1, math.ceil(geometry.scale - 1e-9))
+    sub = ((np.arange(samples) + 0.5) / samples - 0.5) * geometry.scale  # offsets within one crop pixel
+    grid = (np.arange(size) - (size - 1) / 2) * geometry.scale
+    xs = geometry.centres[:, 0, None] + (grid[:, None] + sub[None, :]).ravel()[None, :]  # (K, size * samples)
+    ys = geometry.centres[:, 1, None] + (grid[:, None] + sub[None, :]).ravel()[None, :]
+    values = _bilinear(content, xs[:, None, :], ys[:, :, None])
+    crops = values.reshape(len(xs), size, samples, size, samples).mean(axis=(2, 4), dtype=np.float32)
+    return np.stack([normalize(crop, normalization) for crop in crops]), geometry
+
+
+def refine_landmarks(content: np.ndarray, points_xy: np.ndarray, spec: CropSpec, codec: HeatmapCodec,
+                     heatmaps_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The second stage on one image: (K, 2) first-stage landmarks to refined ones and (K,) confidences.
+
+    `heatmaps_of` runs the refinement model: (K, size, size) crops to (K, K, h, w) heatmaps; crop k
+    is decoded in its own landmark's channel k. The confidence is that map's probability mass near its
+    peak (`HeatmapCodec.confidence`).
+    """
+    crops, geometry = spec.extract(content, points_xy)
+    heatmaps = heatmaps_of(crops)
+    own = heatmaps[np.arange(len(crops)), np.arange(len(crops))]
+    crop_points, _ = codec.decode(own)
+    return geometry.to_original(crop_points), codec.confidence(own)

@@ -1,0 +1,218 @@
+"""The second stage: crop geometry and its map back, confidences, and the life cycle of a two-stage model
+(train the refinement -> resume -> export beside its first stage -> evaluate -> run the container)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_CONFIG, assert_valid_output, run_module
+
+from algorithm.codec import HeatmapCodec
+from algorithm.crops import CropSpec, refine_landmarks
+from algorithm.inference import LandmarkDetector
+from algorithm.metadata import ModelMetadata
+from algorithm.output import multiple_points
+from training.metrics import auroc, confidence_report
+
+TINY_REFINE = REPO / "training" / "configs" / "tiny-refine.json"
+
+
+def dot_image(height: int, width: int, at_xy: tuple[int, int]) -> np.ndarray:
+    image = np.full((height, width), 10, dtype=np.uint8)
+    image[at_xy[1], at_xy[0]] = 250
+    return image
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2])
+def test_a_bright_pixel_appears_in_the_crop_where_to_crop_puts_it(fraction):
+    """At scale 1 the crop pixel is the original pixel; at scale 2 the dot is averaged within half a pixel."""
+    height, width, size = 320, 250, 32
+    dot = (101, 157)
+    centres = np.array([[96.0, 150.0], [110.0, 149.0]])
+    crops, geometry = CropSpec(fraction, size).extract(dot_image(height, width, dot), centres)
+    assert crops.shape == (2, size, size) and crops.dtype == np.float32
+    assert geometry.scale == pytest.approx(fraction * height / size)
+    expected = geometry.to_crop(np.array([dot, dot], dtype=float))
+    for crop, where in zip(crops, expected):
+        peak_y, peak_x = np.unravel_index(crop.argmax(), crop.shape)
+        assert np.abs(np.array([peak_x, peak_y]) - where).max() <= 0.5 * geometry.scale
+        assert crop.mean() == pytest.approx(0, abs=1e-5) and crop.std() == pytest.approx(1, abs=1e-3)
+
+
+def test_crop_coordinates_map_back_exactly_and_place_every_landmark_in_every_crop():
+    _, geometry = CropSpec(0.1, 48).extract(np.ones((400, 300), np.uint8), np.array([[50.0, 60.0], [200.5, 300.25]]))
+    points = np.array([[41.3, 77.0], [190.0, 310.0]])
+    np.testing.assert_allclose(geometry.to_original(geometry.to_crop(points)), points)
+    np.testing.assert_allclose(geometry.to_crop(geometry.centres), (48 - 1) / 2)
+    every = geometry.every_landmark_in_every_crop(points)
+    assert every.shape == (2, 2, 2)
+    np.testing.assert_allclose(every[0, 1], (points[1] - geometry.centres[0]) / geometry.scale + 23.5)
+    np.testing.assert_allclose(np.diagonal(every, axis1=0, axis2=1).T, geometry.to_crop(points))
+
+
+def test_crops_near_the_border_repeat_the_edge_without_failing():
+    crops, _ = CropSpec(0.3, 16).extract(np.arange(100 * 80, dtype=np.uint16).reshape(100, 80),
+                                         np.array([[-5.0, -5.0], [79.0, 99.0], [500.0, 40.0]]))
+    assert np.isfinite(crops).all()
+
+
+def test_refinement_finds_the_landmark_in_each_crop_through_its_own_channel():
+    """A fake second stage that puts landmark k's Gaussian in channel k of every crop: the refined landmarks
+    are the true ones, whatever the first stage's offsets, so the crop map and the channel choice are right."""
+    rng = np.random.default_rng(0)
+    spec = CropSpec(0.12, 40)
+    codec = HeatmapCodec(40, 40, 2, 1.5)
+    image = rng.integers(0, 255, size=(500, 420)).astype(np.uint8)
+    truth = rng.uniform(60, 400, size=(6, 2))
+    first = truth + rng.uniform(-6, 6, size=truth.shape)
+    _, geometry = spec.extract(image, first)
+
+    def fake_model(crops: np.ndarray) -> np.ndarray:
+        maps = np.stack([codec.encode(points)[0] for points in geometry.every_landmark_in_every_crop(truth)])
+        return maps / maps.sum(axis=(2, 3), keepdims=True).clip(1e-12)  # a spatial softmax's distributions
+
+    refined, confidence = refine_landmarks(image, first, spec, codec, fake_model)
+    np.testing.assert_allclose(refined, truth, atol=0.25 * codec.stride * geometry.scale)
+    assert np.all((confidence > 0.5) & (confidence <= 1))
+
+
+def test_confidence_is_the_mass_near_the_peak():
+    codec = HeatmapCodec(64, 64, 2, 2.0)
+    sharp = codec.encode(np.array([[30.0, 30.0]]))[0]
+    sharp /= sharp.sum()
+    flat = np.full_like(sharp, 1.0 / sharp[0].size)
+    assert codec.confidence(sharp)[0] > 0.6  # a 5 x 5 window holds about 62 % of a sigma-2 Gaussian
+    window = (2 * codec.centroid_radius + 1) ** 2
+    assert codec.confidence(flat)[0] <= window / flat[0].size  # no more than the window's share of the map
+
+
+def test_auroc_matches_a_pairwise_count_and_the_report_splits_the_least_confident():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 6, 300).astype(float)
+    positive = rng.random(300) < 0.2 + 0.1 * scores
+    pairs = scores[positive][:, None] - scores[~positive][None, :]
+    assert auroc(scores, positive) == pytest.approx(((pairs > 0) + 0.5 * (pairs == 0)).mean())
+    errors = np.array([[0.5, 3.0, np.nan], [1.0, 5.0, 0.7]])
+    confidence = np.array([[0.9, 0.2, 0.5], [0.8, 0.1, 0.95]])
+    report = confidence_report(confidence, errors, least_share=0.2)
+    assert report["AUROC"] == 1.0
+    assert report["MRE_least_confident"] == 5.0 and report["MRE_rest"] == pytest.approx((0.5 + 3.0 + 1.0 + 0.7) / 4)
+
+
+def test_probabilities_are_written_per_point_in_the_unit_interval():
+    value = multiple_points([np.zeros((2, 2)), np.ones((2, 2))], probabilities=[[0.5, 1.2], [-0.1, 0.25]])
+    assert [p["probability"] for p in value["points"]] == [0.5, 1.0, 0.0, 0.25]
+    with pytest.raises(ValueError, match="3 probabilities for 4 points"):
+        multiple_points([np.zeros((2, 2)), np.ones((2, 2))], probabilities=[[0.5], [0.1, 0.2]])
+
+
+# ---------------------------------------------------------------- the life cycle, on the synthetic set
+
+
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory, synthetic_dataset) -> Path:
+    """A first stage trained for one epoch and exported: what the refinement is trained to correct."""
+    run = tmp_path_factory.mktemp("detect") / "run"
+    result = run_module("training.train", "--config", TINY_CONFIG, "--images", synthetic_dataset.images_dir,
+                        "--annotations", synthetic_dataset.annotations, "--output", run, "--epochs", 1)
+    assert result.returncode == 0, result.stderr
+    model = run.parent / "model"
+    result = run_module("training.export", "--checkpoint", run / "best.pt", "--output", model)
+    assert result.returncode == 0, result.stderr
+    return model
+
+
+@pytest.fixture(scope="module")
+def refine_run(tmp_path_factory, synthetic_dataset, first_stage) -> Path:
+    """The second stage: one epoch, then --resume for the second of two."""
+    run = tmp_path_factory.mktemp("refine") / "run"
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage,
+                        "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+                        "--output", run, "--epochs", 2, "--max-epochs-this-run", 1)
+    assert result.returncode == 0, result.stderr
+    assert "training the refine stage" in result.stdout and "first stage alone, validation MRE" in result.stdout
+    resumed = run_module("training.train", "--output", run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_stage_model(tmp_path_factory, refine_run) -> Path:
+    folder = tmp_path_factory.mktemp("two-stage") / "model"
+    result = run_module("training.export", "--checkpoint", refine_run / "best.pt", "--output", folder)
+    assert result.returncode == 0, result.stderr
+    assert "refine.onnx" in result.stdout
+    return folder
+
+
+@pytest.mark.slow
+def test_the_refinement_trains_resumes_and_records_its_crops(refine_run):
+    history = json.loads((refine_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    config = json.loads((refine_run / "config.json").read_text())
+    assert config["stage"] == "refine" and config["crop_size"] == 32
+
+
+@pytest.mark.slow
+def test_the_export_puts_the_second_stage_beside_a_copy_of_the_first(two_stage_model, first_stage):
+    assert (two_stage_model / "model.onnx").read_bytes() == (first_stage / "model.onnx").read_bytes()
+    metadata = ModelMetadata.load(two_stage_model)
+    first = ModelMetadata.load(first_stage)
+    assert metadata.codec == first.codec and metadata.landmark_names == first.landmark_names
+    assert metadata.refinement.crops == CropSpec(0.25, 32)
+    assert (metadata.refinement.codec.input_height, metadata.refinement.codec.stride) == (32, 2)
+    assert metadata.refinement.training["export_check"]["max_landmark_shift_px"] < 0.05
+
+
+@pytest.mark.slow
+def test_no_refine_gives_the_first_stage_and_refine_moves_the_landmarks(two_stage_model, first_stage,
+                                                                       synthetic_dataset):
+    images = [synthetic_dataset.images[i] for i in range(3)]
+    alone = [d.points for d in LandmarkDetector(first_stage, device="cpu").predict(images)]
+    unrefined = [d.points for d in LandmarkDetector(two_stage_model, device="cpu", refine=False).predict(images)]
+    refined = list(LandmarkDetector(two_stage_model, device="cpu").predict(images))
+    np.testing.assert_array_equal(np.stack(unrefined), np.stack(alone))
+    assert not np.allclose(np.stack([d.points for d in refined]), np.stack(alone))
+    assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in refined)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_with_and_without_the_second_stage(two_stage_model, tmp_path):
+    results = {}
+    for flag in ("--refine", "--no-refine"):
+        result = run_module("training.evaluate", "--model", two_stage_model, "--output", tmp_path / flag, flag)
+        assert result.returncode == 0, result.stderr
+        assert "confidence, " in result.stdout and "AUROC" in result.stdout
+        results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
+    assert results["--refine"]["stages"] == "first stage and refinement"
+    assert results["--no-refine"]["stages"] == "first stage"
+    assert results["--refine"]["summary"]["MRE"] != results["--no-refine"]["summary"]["MRE"]
+    assert 0 <= results["--refine"]["confidence"]["AUROC"] <= 1 or np.isnan(results["--refine"]["confidence"]["AUROC"])
+
+
+@pytest.mark.slow
+def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_model, packed_dataset, tmp_path):
+    outputs = {}
+    for flag in ("--refine", "--no-refine"):
+        output = tmp_path / f"{flag}.json"
+        result = run_module("algorithm.process", "--input", packed_dataset.stack.parent, "--output", output,
+                            "--model", two_stage_model, "--device", "cpu", flag)
+        assert result.returncode == 0, result.stderr
+        value = json.loads(output.read_text())
+        assert_valid_output(value, 12, 5)
+        assert all(0 <= point["probability"] <= 1 for point in value["points"])
+        outputs[flag] = value
+    assert "two stages" in result.stderr or "first stage only" in result.stderr
+    assert outputs["--refine"]["points"] != outputs["--no-refine"]["points"]
+
+
+@pytest.mark.slow
+def test_a_refinement_on_another_split_than_its_first_stage_is_refused(first_stage, synthetic_dataset, tmp_path):
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage, "--seed", 1,
+                        "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+                        "--output", tmp_path / "run", "--epochs", 1)
+    assert result.returncode == 1
+    assert "split with seed = 0" in result.stderr and str(first_stage) in result.stderr

@@ -1,0 +1,140 @@
+"""What each stage trains on and how it is validated, behind one interface that `train.py` drives.
+
+detect: whole images resized to the model input (the first stage).
+refine: crops of the full-resolution image about each landmark (the second stage); it trains on
+crops about jittered ground truth and validates exactly as the container runs it, on the crops
+about the exported first stage's landmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithm.crops import refine_landmarks
+from algorithm.inference import LandmarkDetector
+from algorithm.metadata import ModelMetadata
+from algorithm.preprocessing import content_extent, to_grayscale
+from training.config import TrainConfig
+from training.data import LandmarkData, concatenate, prepare_data
+from training.metrics import radial_errors_mm, summarize
+from training.model import SpatialSoftmax
+from training.validation import ValidationSet, predict_with_torch, to_original
+
+# A jittered crop centre stays this share of the crop side from the ground truth, so the landmark is in the crop.
+MAX_JITTER = 0.35
+
+
+class DetectStage:
+    """The first stage: each training image once per epoch, resized as the container resizes it."""
+
+    def __init__(self, config: TrainConfig, datasets: list[LandmarkData], splits: dict, is_main: bool) -> None:
+        self.config = config
+        prep = dict(input_height=config.input_height, input_width=config.input_width,
+                    normalization=config.normalization)
+        train = concatenate([prepare_data(d, splits[d.name]["train"], **prep) for d in datasets])
+        self.inputs, self.points = train.inputs, train.model_landmarks
+        self.val_sets = [ValidationSet(d, splits[d.name]["val"], prepare_data(d, splits[d.name]["val"], **prep))
+                         for d in datasets]
+
+    def epoch_data(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W) model inputs and (N, K, 2) model-pixel landmarks to train on this epoch."""
+        return self.inputs, self.points
+
+    def predict(self, model: torch.nn.Module, val_set: ValidationSet, device: torch.device) -> np.ndarray:
+        """(N, K, 2) original-pixel landmarks of a validation set, decoded as the container decodes."""
+        codec = self.config.codec()
+        model_points = predict_with_torch(model, codec, val_set.inputs.inputs, device, self.config.batch_size)
+        return to_original(val_set.inputs, model_points)
+
+
+@dataclass
+class FullResolution:
+    """Un-padded grayscale images at their own resolution, and what the crops are centred on."""
+
+    contents: list[np.ndarray]
+    centres: np.ndarray  # (N, K, 2) original pixels: ground truth (training) or first-stage landmarks
+
+
+def read_contents(data: LandmarkData, indices: list[int]) -> list[np.ndarray]:
+    """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes go)."""
+    contents = []
+    for image in data.read_images(indices):
+        gray = to_grayscale(image)
+        height, width = content_extent(gray)
+        contents.append(np.ascontiguousarray(gray[:height, :width]))
+    return contents
+
+
+class RefineStage:
+    """The second stage: a crop about every annotated landmark of every training image each epoch."""
+
+    def __init__(self, config: TrainConfig, datasets: list[LandmarkData], splits: dict, is_main: bool) -> None:
+        self.config, self.spec, self.codec = config, config.crop_spec(), config.codec()
+        first_stage = LandmarkDetector(config.first_stage, device="cpu", refine=False)
+        check_first_stage(first_stage.metadata, config, datasets[0].landmark_names)
+        self.train = [FullResolution(read_contents(d, splits[d.name]["train"]), d.landmarks[splits[d.name]["train"]])
+                      for d in datasets]
+        self.val_sets = []
+        for data in datasets:
+            indices = splits[data.name]["val"]
+            first_points = np.stack([d.points for d in first_stage.predict(data.read_images(indices))])
+            self.val_sets.append(ValidationSet(data, indices, FullResolution(read_contents(data, indices),
+                                                                            first_points)))
+            if is_main:
+                errors = radial_errors_mm(first_points, data.landmarks[indices], data.spacing[indices])
+                print(f"  {data.name}: first stage alone, validation MRE {summarize(errors)['MRE']:.3f} mm",
+                      flush=True)
+
+    def epoch_data(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M, S, S) crops about jittered ground truth and (M, K, 2) every landmark's crop-pixel position."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        crops, points = [], []
+        for part in self.train:
+            for content, truth in zip(part.contents, part.centres):
+                annotated = truth[np.isfinite(truth).all(axis=1)]
+                side = self.spec.fraction * content.shape[0]
+                jitter = np.clip(rng.normal(0, self.config.crop_jitter * side, annotated.shape),
+                                 -MAX_JITTER * side, MAX_JITTER * side)
+                image_crops, geometry = self.spec.extract(content, annotated + jitter)
+                crops.append(image_crops)
+                points.append(geometry.every_landmark_in_every_crop(truth))
+        return np.concatenate(crops), np.concatenate(points)
+
+    def predict(self, model: torch.nn.Module, val_set: ValidationSet, device: torch.device) -> np.ndarray:
+        """(N, K, 2) original-pixel landmarks after refining the first stage's, as the container does."""
+        return predict_refined(self.config, model, val_set, device)
+
+
+def predict_refined(config: TrainConfig, model: torch.nn.Module, val_set: ValidationSet,
+                    device: torch.device) -> np.ndarray:
+    """A torch second stage on the crops about `val_set`'s first-stage landmarks: (N, K, 2) original pixels."""
+    exported_form = SpatialSoftmax(model).eval()
+
+    def heatmaps_of(crops: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return exported_form(torch.from_numpy(crops)[:, None].to(device)).float().cpu().numpy()
+
+    spec, codec = config.crop_spec(), config.codec()
+    return np.stack([refine_landmarks(content, points, spec, codec, heatmaps_of)[0]
+                     for content, points in zip(val_set.inputs.contents, val_set.inputs.centres)])
+
+
+def check_first_stage(meta: ModelMetadata, config: TrainConfig, names: list[str]) -> None:
+    """The first stage must find the same landmarks and must not have trained on this run's validation or
+    test images (the same split seed and fractions)."""
+    if [n.lower() for n in meta.landmark_names] != [n.lower() for n in names]:
+        raise ValueError(f"{config.first_stage}: the first stage finds {meta.num_landmarks} landmarks "
+                         f"({meta.landmark_names[:2]}...), the data has {len(names)} ({names[:2]}...)")
+    trained: dict[str, Any] = meta.training.get("config", {})
+    for key in ("seed", "val_fraction", "test_fraction"):
+        if key in trained and trained[key] != getattr(config, key):
+            raise ValueError(f"{config.first_stage}: the first stage was split with {key} = {trained[key]}, this run "
+                             f"with {getattr(config, key)}; use the same split, or its validation and test images "
+                             "leak into training")
+
+
+STAGES = {"detect": DetectStage, "refine": RefineStage}
