@@ -194,6 +194,19 @@ def test_evaluate_scores_with_and_without_the_second_stage(two_stage_model, tmp_
 
 
 @pytest.mark.slow
+def test_evaluating_the_checkpoint_gives_what_its_export_gives(refine_run, two_stage_model, tmp_path):
+    """Torch on the checkpoint and ONNX Runtime on the export: the same refinement, to export's tolerance."""
+    scores = {}
+    for name, source in (("checkpoint", ["--checkpoint", refine_run / "best.pt"]),
+                         ("export", ["--model", two_stage_model])):
+        result = run_module("training.evaluate", *source, "--output", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert "(first stage and refinement)" in result.stdout
+        scores[name] = json.loads((tmp_path / name / "metrics.json").read_text())["summary"]["MRE"]
+    assert scores["checkpoint"] == pytest.approx(scores["export"], abs=0.01)
+
+
+@pytest.mark.slow
 def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_model, packed_dataset, tmp_path):
     outputs = {}
     for flag in ("--refine", "--no-refine"):
