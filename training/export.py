@@ -90,6 +90,7 @@ def stage_metadata(config: TrainConfig, names: list[str], trained_on: str, accur
     metadata = ModelMetadata.load(Path(config.first_stage))
     metadata.refinement = RefinementStage(crops=config.crop_spec(), codec=config.codec(), training=training)
     metadata.accuracy = accuracy or metadata.accuracy
+    metadata.trained_on = trained_on or metadata.trained_on
     return metadata
 
 
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.checkpoint}: cannot load the checkpoint ({error})", file=sys.stderr)
             return 1
         training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch")}
-        trained_on = args.trained_on or "; ".join(f"{images} with {annotations}" for images, annotations
-                                                  in config.sources())
+        trained_on = args.trained_on or ("" if config.stage == "refine" else "; ".join(  # refine: the first stage's
+            f"{images} with {annotations}" for images, annotations in config.sources()))
     else:
         config = TrainConfig.from_dict(json.loads(args.untrained.read_text()))
         torch.manual_seed(config.seed)
