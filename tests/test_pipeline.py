@@ -111,9 +111,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, synthetic_datas
 
 def test_ctrl_c_stops_a_run_with_the_command_that_resumes_it(tmp_path, synthetic_dataset):
     directory = tmp_path / "interrupted"
+    # a suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would
+    # the run (it would train on until its early stop): give it the default disposition, as a terminal does
     process = subprocess.Popen([sys.executable, "-m", "training.train",
                                 *map(str, train_args(synthetic_dataset, directory, "--epochs", 1000))],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while not (directory / "last.pt").exists():
