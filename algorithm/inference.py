@@ -129,8 +129,10 @@ class LandmarkDetector:
             if not refine_path.is_file():
                 raise ModelError(f"{refine_path}: not found (the metadata's second stage); use --no-refine to run "
                                  "the first stage alone")
+            self.refine_codec = (self.refinement.codec if decoder is None
+                                 else replace(self.refinement.codec, decoder=decoder))
             self.refine_session = create_session(refine_path, device, threads)
-            check_graph(self.refine_session, self.refinement.codec, meta.num_landmarks, refine_path)
+            check_graph(self.refine_session, self.refine_codec, meta.num_landmarks, refine_path)
 
     @property
     def providers(self) -> list[str]:
@@ -161,7 +163,7 @@ class LandmarkDetector:
         def heatmaps_of(crops: np.ndarray) -> np.ndarray:
             return self.refine_session.run(None, {refine_input: crops[:, None]})[0]
 
-        points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refinement.codec,
+        points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refine_codec,
                                               heatmaps_of)
         return Detection(points, confidence)
 

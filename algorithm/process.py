@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime, 0 = its default")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: 1)")
     parser.add_argument("--decoder", choices=DECODERS, default=None,
-                        help="heatmap decoding (default: the model metadata's choice)")
+                        help="heatmap decoding of both stages (default: the model metadata's choice)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="run the model's second stage, a full-resolution look at each landmark, when it has "
                         "one; --no-refine keeps the first stage's landmarks (default: --refine)")

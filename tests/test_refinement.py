@@ -177,6 +177,8 @@ def test_no_refine_gives_the_first_stage_and_refine_moves_the_landmarks(two_stag
     np.testing.assert_array_equal(np.stack(unrefined), np.stack(alone))
     assert not np.allclose(np.stack([d.points for d in refined]), np.stack(alone))
     assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in refined)
+    argmax = LandmarkDetector(two_stage_model, device="cpu", decoder="argmax")
+    assert (argmax.codec.decoder, argmax.refine_codec.decoder) == ("argmax", "argmax")  # --decoder: both stages
 
 
 @pytest.mark.slow
