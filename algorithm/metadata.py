@@ -102,6 +102,9 @@ class ModelMetadata:
             raise ModelError(f"{path}: not JSON ({error})") from None
         if not isinstance(value, dict):
             raise ModelError(f"{path}: not a JSON object")
+        if "codec" not in value and "heatmap_stride" in value:
+            raise ModelError(f"{path}: the layout of an older export (no `codec` object); export the checkpoint "
+                             "again with python -m training.export")
         try:
             return cls(**value)
         except (TypeError, ValueError) as error:

@@ -381,6 +381,15 @@ def edit_codec(**changes) -> Callable[[Path], None]:
     return edit_metadata(codec=lambda m: {**m["codec"], **changes})
 
 
+def older_layout(model: Path) -> None:
+    """The metadata as exports wrote it before the codec was one object: its fields at the top level."""
+    metadata = json.loads((model / "metadata.json").read_text())
+    codec = metadata.pop("codec")
+    metadata.update(input_height=codec["input_height"], input_width=codec["input_width"],
+                    heatmap_stride=codec["stride"], heatmap_sigma=codec["sigma"], decoder=codec["decoder"])
+    (model / "metadata.json").write_text(json.dumps(metadata))
+
+
 # Whoever runs these may be root, who can list any folder; an unreadable folder is therefore made by
 # failing os.scandir for it, in the process under test and nowhere else.
 LOCKED_SCANDIR = """
@@ -463,6 +472,8 @@ RUNS = {
                                                landmark_names=lambda m: m["landmark_names"][:-1]))),
     "metadata: stride 0": Run(all_five, ["metadata.json", "stride"],
                               model=model_with(edit_codec(stride=0))),
+    "metadata: an older export's layout": Run(all_five, ["metadata.json", "older export", "training.export"],
+                                              model=model_with(older_layout)),
     "metadata: unknown output activation": Run(all_five, ["metadata.json", "activation 'sigmoid'"],
                                                model=model_with(edit_codec(activation="sigmoid"))),
     "metadata: second stage file missing": Run(all_five, ["refine.onnx", "not found", "--no-refine"],
