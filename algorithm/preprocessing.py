@@ -127,10 +127,16 @@ def normalize(image: np.ndarray, method: str) -> np.ndarray:
     return ((image - float(image.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):
-    """Strip padding, resize and normalise one image; returns the model input and its geometry."""
+def strip_padding(image: np.ndarray) -> np.ndarray:
+    """The 2D grayscale content of a (padded) image, as a view: what both stages see."""
     gray = to_grayscale(image)
     height, width = content_extent(gray)
-    resized = resize(gray[:height, :width], input_height, input_width)
-    geometry = ResizeGeometry(height, width, input_height, input_width)
+    return gray[:height, :width]
+
+
+def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):
+    """Strip padding, resize and normalise one image; returns the model input and its geometry."""
+    content = strip_padding(image)
+    resized = resize(content, input_height, input_width)
+    geometry = ResizeGeometry(*content.shape, input_height, input_width)
     return normalize(resized, normalization), geometry

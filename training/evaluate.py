@@ -27,7 +27,7 @@ from training.config import TrainConfig
 from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
                               radial_errors_mm, summarize)
 from training.plots import image_label, plot_error_cdf, plot_overlays
-from training.stages import FullResolution, predict_refined, read_contents
+from training.stages import first_stage_inputs, predict_refined
 from training.validation import ValidationSet, predict_with_torch, to_original
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
@@ -40,8 +40,7 @@ def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: L
     checkpoint refines its exported first stage's landmarks."""
     if config.stage == "refine":
         first = LandmarkDetector(config.first_stage, device="cpu", refine=False)
-        centres = np.stack([d.points for d in first.predict(data.read_images(indices))])
-        val_set = ValidationSet(data, indices, FullResolution(read_contents(data, indices), centres))
+        val_set = ValidationSet(data, indices, first_stage_inputs(first, data, indices))
         return predict_refined(config, model, val_set, torch.device("cpu"))
     codec = config.codec()
     prepared = prepare_data(data, indices, codec.input_height, codec.input_width, config.normalization)

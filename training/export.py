@@ -29,7 +29,7 @@ import torch
 from algorithm.codec import HeatmapCodec
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata, RefinementStage
-from algorithm.preprocessing import content_extent, prepare, to_grayscale
+from algorithm.preprocessing import prepare, strip_padding
 from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax
 from training.checkpoint import load_checkpoint
@@ -50,21 +50,15 @@ def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.nda
     """Up to `count` images from a stack file or a folder of images, as the stage's model sees them: preprocessed
     as the container does (detect), or the crops about the first stage's landmarks on the first image (refine)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and looks_like_image(p)) if path.is_dir() else [path]
-    images = (image for file in files for image in ImageStack(file))
-    if config.stage == "refine":
-        image = next(images, None)
-        if image is None:
-            raise ValueError(f"no image to compare with in {path}")
-        first = next(LandmarkDetector(config.first_stage, device="cpu", refine=False).predict([image]))
-        gray = to_grayscale(image)
-        height, width = content_extent(gray)
-        return config.crop_spec().extract(gray[:height, :width], first.points)[0]
-    codec = config.codec()
-    inputs = [prepare(image, codec.input_height, codec.input_width, config.normalization)[0]
-              for image in islice(images, count)]
-    if not inputs:
+    images = list(islice((image for file in files for image in ImageStack(file)), count))
+    if not images:
         raise ValueError(f"no image to compare with in {path}")
-    return np.stack(inputs)
+    if config.stage == "refine":
+        first = next(LandmarkDetector(config.first_stage, device="cpu", refine=False).predict(images[:1]))
+        return config.crop_spec().extract(strip_padding(images[0]), first.points)[0]
+    codec = config.codec()
+    return np.stack([prepare(image, codec.input_height, codec.input_width, config.normalization)[0]
+                     for image in images])
 
 
 def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, codec: HeatmapCodec) -> dict:

@@ -17,7 +17,7 @@ import torch
 from algorithm.crops import refine_landmarks
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import ModelMetadata
-from algorithm.preprocessing import content_extent, to_grayscale
+from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
 from training.data import LandmarkData, concatenate, prepare_data
 from training.metrics import radial_errors_mm, summarize
@@ -61,12 +61,13 @@ class FullResolution:
 
 def read_contents(data: LandmarkData, indices: list[int]) -> list[np.ndarray]:
     """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes go)."""
-    contents = []
-    for image in data.read_images(indices):
-        gray = to_grayscale(image)
-        height, width = content_extent(gray)
-        contents.append(np.ascontiguousarray(gray[:height, :width]))
-    return contents
+    return [np.ascontiguousarray(strip_padding(image)) for image in data.read_images(indices)]
+
+
+def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int]) -> FullResolution:
+    """What the second stage refines on the chosen images: their content and the first stage's landmarks."""
+    points = np.stack([detection.points for detection in first_stage.predict(data.read_images(indices))])
+    return FullResolution(read_contents(data, indices), points)
 
 
 class RefineStage:
@@ -81,11 +82,10 @@ class RefineStage:
         self.val_sets = []
         for data in datasets:
             indices = splits[data.name]["val"]
-            first_points = np.stack([d.points for d in first_stage.predict(data.read_images(indices))])
-            self.val_sets.append(ValidationSet(data, indices, FullResolution(read_contents(data, indices),
-                                                                            first_points)))
+            inputs = first_stage_inputs(first_stage, data, indices)
+            self.val_sets.append(ValidationSet(data, indices, inputs))
             if is_main:
-                errors = radial_errors_mm(first_points, data.landmarks[indices], data.spacing[indices])
+                errors = radial_errors_mm(inputs.centres, data.landmarks[indices], data.spacing[indices])
                 print(f"  {data.name}: first stage alone, validation MRE {summarize(errors)['MRE']:.3f} mm",
                       flush=True)
 
