@@ -10,6 +10,7 @@ from typing import Any
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import CropSpec
 from algorithm.preprocessing import NORMALIZATIONS, RESIZE_METHODS
+from algorithm.shape import ShapeModel
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
@@ -58,6 +59,7 @@ class ModelMetadata:
 
     `codec` describes the first stage's heatmaps whole (input size, stride, sigma, decoder, centroid
     radius, output activation); the container and training build the same `HeatmapCodec` from it.
+    `shape`, when present, is the statistical shape model that keeps each image's landmarks plausible.
     """
 
     landmark_names: list[str]  # anatomical names; the output names landmark k as "k"
@@ -65,6 +67,7 @@ class ModelMetadata:
     resize: str = RESIZE_METHODS[0]
     normalization: str = "zscore"
     refinement: RefinementStage | None = None
+    shape: ShapeModel | None = None
     trained_on: str = "untrained"
     accuracy: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +84,11 @@ class ModelMetadata:
             raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
         if self.refinement is not None:
             self.refinement = _from_dict(RefinementStage, self.refinement, "refinement")
+        if self.shape is not None:
+            self.shape = _from_dict(ShapeModel, self.shape, "shape")
+            if self.shape.num_landmarks != self.num_landmarks:
+                raise ValueError(f"shape: a model of {self.shape.num_landmarks} landmarks, not the "
+                                 f"{self.num_landmarks} of landmark_names")
 
     @property
     def num_landmarks(self) -> int:

@@ -118,7 +118,11 @@ class OrthodonticLandmarks(DetectionAlgorithm):
             raise InputError(f"{stack.label}: processing failed ({describe(error)})") from None
 
     def predict(self, *, input_image: ImageStack) -> list[Detection]:
-        return list(self.detector.predict(input_image))
+        detections = list(self.detector.predict(input_image))
+        for number, detection in enumerate(detections, start=1):
+            for note in detection.notes:
+                logger.warning("%s, image %d of %d: %s", input_image.label, number, len(detections), note)
+        return detections
 
     def save(self) -> None:
         detections = [image for stack in self._case_results for image in stack]
@@ -155,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="run the model's second stage, a full-resolution look at each landmark, when it has "
                         "one; --no-refine keeps the first stage's landmarks (default: --refine)")
+    parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep each image's landmarks on a plausible skull with the model's shape model, when "
+                        "it has one (default: --shape-check)")
     return parser.parse_args(argv)
 
 
@@ -166,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.input.is_dir():
             problem = "is not a folder" if args.input.exists() else "does not exist"
             raise InputError(f"{args.input}: the input folder {problem}")
-        detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder, args.refine)
+        detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder, args.refine,
+                                    args.shape_check)
         meta = detector.metadata
         stages = "two stages" if detector.refinement else (
             "first stage only (--no-refine)" if meta.refinement else "one stage")
-        logger.info("model %s: %d landmarks, input %d x %d (height x width), %s; trained on: %s", args.model,
-                    meta.num_landmarks, meta.codec.input_height, meta.codec.input_width, stages, meta.trained_on[:120])
+        shape = "shape check on" if detector.shape else ("shape check off" if meta.shape else "no shape model")
+        logger.info("model %s: %d landmarks, input %d x %d (height x width), %s, %s; trained on: %s", args.model,
+                    meta.num_landmarks, meta.codec.input_height, meta.codec.input_width, stages, shape,
+                    meta.trained_on[:120])
         OrthodonticLandmarks(args.input, args.output, detector).process()
     except (InputError, ModelError, OutputError, DeviceError, ValidationError, FileLoaderError, ValueError) as error:
         print(f"error: {describe(error)}", file=sys.stderr)
