@@ -48,9 +48,9 @@ def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: L
 
 
 def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None,
-                      refine: bool) -> tuple[np.ndarray, np.ndarray]:
+                      refine: bool, shape_check: bool) -> tuple[np.ndarray, np.ndarray]:
     """(N, K, 2) original-pixel predictions and (N, K) confidences through the container's inference path."""
-    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder, refine=refine)
+    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder, refine=refine, shape_check=shape_check)
     detections = list(detector.predict(data.read_images(indices)))
     return np.stack([d.points for d in detections]), np.stack([d.confidence for d in detections])
 
@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decoder", choices=DECODERS, help="with --model: heatmap decoding (default: the metadata's)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="with --model: run its second stage, if it has one (--no-refine: the first stage alone)")
+    parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --model: keep the landmarks on a plausible skull with its shape model, if it has one")
     parser.add_argument("--overlays", type=int, default=6, help="overlays of the worst images, per data set")
     return parser.parse_args(argv)
 
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             predicted, confidence = predict_with_checkpoint(model, config, data, indices), None
         else:
-            predicted, confidence = predict_with_onnx(args.model, data, indices, args.decoder, args.refine)
+            predicted, confidence = predict_with_onnx(args.model, data, indices, args.decoder, args.refine,
+                                                      args.shape_check)
             all_confidences.append(confidence)
         errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
         all_errors.append(errors)
