@@ -6,48 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from algorithm.inference import CLAMPED_PROBABILITY, MIN_CONTENT_SIDE, LandmarkDetector
-from algorithm.metadata import ModelMetadata
-from training.shape_model import build_shape_model, training_frame
 from training.synthetic import synthetic_image, synthetic_landmarks
-from tests.conftest import UNTRAINED_LANDMARKS, run_module, save_stack
+from tests.conftest import UNTRAINED_LANDMARKS, save_stack
 
 SIZES = [(1, 1), (3, 3), (1, 40), (40, 1), (2, 9), (10, 10000), (63, 80), (64, 64), (100, 30), (127, 95),
          (128, 96), (129, 97), (500, 600), (600, 500), (1000, 1400), (2400, 1935)]
-
-
-@pytest.fixture(scope="module")
-def full_model_dir(tmp_path_factory, untrained_model) -> Path:
-    """The untrained first stage, an untrained second stage and a shape model of synthetic skulls: every step."""
-    folder = tmp_path_factory.mktemp("full") / "model"
-    folder.mkdir()
-    for path in untrained_model.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    config = tmp_path_factory.mktemp("config") / "refine.json"
-    config.write_text(json.dumps({"stage": "refine", "first_stage": str(folder), "crop_fraction": 0.25,
-                                  "crop_size": 32, "width": 4, "depth": 3, "stride": 2, "sigma": 1.5}))
-    result = run_module("training.export", "--untrained", config, "--num-landmarks", UNTRAINED_LANDMARKS,
-                        "--output", folder, "--overwrite")
-    assert result.returncode == 0, result.stderr
-    rng = np.random.default_rng(0)
-    shapes = np.stack([synthetic_landmarks(400, 320, UNTRAINED_LANDMARKS, rng) for _ in range(40)])
-    metadata = ModelMetadata.load(folder)
-    metadata.shape = build_shape_model(shapes)
-    metadata.shape.frame = training_frame(metadata.shape, shapes, np.tile([320, 400], (40, 1)))
-    metadata.save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def full_model(full_model_dir) -> LandmarkDetector:
-    detector = LandmarkDetector(full_model_dir, device="cpu")
-    assert detector.refinement is not None and detector.shape is not None
-    return detector
 
 
 def assert_inside(points: np.ndarray, height: int, width: int) -> None:
