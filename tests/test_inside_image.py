@@ -52,21 +52,25 @@ def test_a_padded_image_is_bounded_by_its_content_not_its_canvas(full_model):
 CORNERS = [(0, 0), (1, 0), (1, 1), (0, 1), (0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)]
 
 
+def peaked(session_shape: tuple[int, int], where: tuple[float, float]):
+    """A stand-in for a session's run: every map peaks at `where`, a share of the (height, width) map."""
+    def run(_outputs, feeds):
+        batch = next(iter(feeds.values())).shape[0]
+        height, width = session_shape
+        maps = np.full((batch, UNTRAINED_LANDMARKS, height, width), 1e-6, np.float32)
+        maps[:, :, round(where[1] * (height - 1)), round(where[0] * (width - 1))] = 1.0
+        return [maps / maps.sum(axis=(2, 3), keepdims=True)]
+    return run
+
+
 @pytest.mark.parametrize("corner", CORNERS)
 def test_peaks_at_each_edge_and_corner_are_clamped_and_trusted_less(full_model, corner, monkeypatch):
-    """Both stages' heatmaps peak at the same corner of their input: the crops, centred on the image's edge,
-    then put the landmarks outside it, and they must come back to the edge with a lower probability."""
-    def peaked(session_shape):
-        def run(_outputs, feeds):
-            batch = next(iter(feeds.values())).shape[0]
-            height, width = session_shape
-            maps = np.full((batch, UNTRAINED_LANDMARKS, height, width), 1e-6, np.float32)
-            maps[:, :, round(corner[1] * (height - 1)), round(corner[0] * (width - 1))] = 1.0
-            return [maps / maps.sum(axis=(2, 3), keepdims=True)]
-        return run
-
-    monkeypatch.setattr(full_model.session, "run", peaked(full_model.codec.heatmap_shape))
-    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape))
+    """The first stage's heatmaps peak at a corner or edge of the image, the second stage's 30 % of a crop
+    side further out (within what it learned to move): the landmarks fall outside the image and must come
+    back to its edge with a lower probability."""
+    outwards = tuple(0.5 + 0.6 * (share - 0.5) for share in corner)  # 0.3 of the side from the centre
+    monkeypatch.setattr(full_model.session, "run", peaked(full_model.codec.heatmap_shape, corner))
+    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape, outwards))
     height, width = 400, 320
     image = synthetic_image(height, width, synthetic_landmarks(height, width, 5, np.random.default_rng(2)),
                             np.random.default_rng(3))
@@ -92,3 +96,16 @@ def test_the_container_warns_about_an_empty_image_in_a_stack(full_model_dir, tmp
     second = [p for p in points if p["point"][2] == 2]
     assert len(second) == UNTRAINED_LANDMARKS and all(p["probability"] == 0 for p in second)
     assert all(0 <= p["point"][0] <= 239 and 0 <= p["point"][1] <= 299 for p in points)
+
+
+def test_a_refinement_beyond_what_it_learned_keeps_the_first_landmark(full_model, monkeypatch):
+    """A second stage that moves every landmark to its crop's corner (half a side away, beyond the 35 % that
+    training offsets a crop by) is overruled: the first stage's landmarks are written."""
+    height, width = 400, 320
+    image = synthetic_image(height, width, synthetic_landmarks(height, width, 5, np.random.default_rng(5)),
+                            np.random.default_rng(6))
+    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape, (1, 1)))
+    refined = next(full_model.predict([image]))
+    monkeypatch.setattr(full_model, "refinement", None)
+    first = next(full_model.predict([image]))
+    np.testing.assert_allclose(refined.points, first.points)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithm.crops import refine_landmarks
+from algorithm.crops import MAX_CROP_OFFSET, refine_landmarks
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.preprocessing import strip_padding
@@ -24,8 +24,6 @@ from training.metrics import radial_errors_mm, summarize
 from training.model import SpatialSoftmax
 from training.validation import ValidationSet, predict_with_torch, to_original
 
-# A jittered crop centre stays this share of the crop side from the ground truth, so the landmark is in the crop.
-MAX_JITTER = 0.35
 
 
 class DetectStage:
@@ -98,7 +96,7 @@ class RefineStage:
                 annotated = truth[np.isfinite(truth).all(axis=1)]
                 side = self.spec.fraction * content.shape[0]
                 jitter = np.clip(rng.normal(0, self.config.crop_jitter * side, annotated.shape),
-                                 -MAX_JITTER * side, MAX_JITTER * side)
+                                 -MAX_CROP_OFFSET * side, MAX_CROP_OFFSET * side)
                 image_crops, geometry = self.spec.extract(content, annotated + jitter)
                 crops.append(image_crops)
                 points.append(geometry.every_landmark_in_every_crop(truth))
