@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # also when pytest is started without `python -m`
 from algorithm.metadata import ModelMetadata
 from algorithm.output import schema_errors
 from training.data import make_split
-from training.pack import pad_to_stack, write_stack
+from training.pack import write_stack
 from training.shape_model import build_shape_model, training_frame
 from training.synthetic import synthetic_landmarks, synthetic_set
 
@@ -93,7 +93,7 @@ def assert_valid_output(value: dict, num_images: int, num_landmarks: int) -> np.
 def save_stack(folder: Path, name: str, images: list[np.ndarray], height: int, width: int, **kwargs) -> Path:
     """The images zero-padded into a challenge-format (3 x uint8) stack `folder/name`."""
     path = Path(folder) / name
-    write_stack(pad_to_stack(images, height, width), path, **kwargs)
+    write_stack(path, images, len(images), height, width, **kwargs)
     return path
 
 

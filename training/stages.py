@@ -58,8 +58,14 @@ class FullResolution:
 
 
 def read_contents(data: LandmarkData, indices: list[int]) -> list[np.ndarray]:
-    """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes go)."""
-    return [np.ascontiguousarray(strip_padding(image)) for image in data.read_images(indices)]
+    """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes and the
+    padding go; map, unlike a comprehension, keeps no raw image while reading the next)."""
+    return list(map(unpadded_copy, data.read_images(indices)))
+
+
+def unpadded_copy(image: np.ndarray) -> np.ndarray:
+    """An image's un-padded grayscale content as an array of its own, which does not keep the raw image."""
+    return np.array(strip_padding(image))
 
 
 def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int]) -> FullResolution:
