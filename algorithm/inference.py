@@ -110,6 +110,11 @@ def check_graph(session: ort.InferenceSession, codec: HeatmapCodec, num_landmark
                          f"{_shape_text(expected_output)}")
 
 
+def content_of(image: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
+    """The un-padded 2D content of `image` that `geometry` (from `prepare`) measured, as a view."""
+    return to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+
+
 @dataclass(frozen=True)
 class Detection:
     """One image's landmarks in its own pixels, (K, 2), a confidence in [0, 1] for each, (K,), what the shape
@@ -200,16 +205,16 @@ class LandmarkDetector:
         return Detection(points, confidence, fit, reestimated, notes)
 
     def reframe(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
-        """Step 3c: where the skull sits in its image otherwise than in training images (a landscape canvas,
-        viewer borders, a tight crop), the first stage looks again at the frame training would have given it,
-        so that it sees the skull at the scale and aspect it learned."""
+        """Step 3c: where the skull fills much less of its image than in training images (a landscape canvas,
+        viewer borders), the first stage looks again at the frame training would have given it, so that it
+        sees the skull at the scale and aspect it learned."""
         if self.shape is None or self.shape.frame is None or first.shape_fit is None:
             return first
         left, top, width, height = self.shape.frame_box(first.shape_fit)
         spans = np.array([width / geometry.content_width, height / geometry.content_height])
         if not REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW:
             return first
-        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        content = content_of(image, geometry)
         model_input, frame = prepare_region(content, int(np.floor(left)), int(np.floor(top)), int(np.ceil(width)),
                                             int(np.ceil(height)), self.codec.input_height, self.codec.input_width,
                                             self.metadata.normalization)
@@ -220,7 +225,7 @@ class LandmarkDetector:
         refined landmark leaves the plausible skull that the first one was on, the first one stays."""
         if self.refinement is None:
             return first
-        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        content = content_of(image, geometry)
         refine_input = self.refine_session.get_inputs()[0].name
 
         def heatmaps_of(crops: np.ndarray) -> np.ndarray:
@@ -231,9 +236,9 @@ class LandmarkDetector:
         if first.shape_fit is None:
             return Detection(points, confidence, notes=first.notes)
         z_refined = self.shape.z_of(first.shape_fit, points)
-        left = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
-        points = np.where(left[:, None], first.points, points)
-        confidence = np.where(left, first.confidence, confidence * self.shape.plausibility(z_refined))
+        off_skull = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
+        points = np.where(off_skull[:, None], first.points, points)
+        confidence = np.where(off_skull, first.confidence, confidence * self.shape.plausibility(z_refined))
         confidence = np.where(first.reestimated, np.minimum(confidence, REESTIMATED_PROBABILITY), confidence)
         return Detection(points, confidence, first.shape_fit, first.reestimated, first.notes)
 
@@ -245,7 +250,7 @@ class LandmarkDetector:
         clamped = (points != detection.points).any(axis=1)
         confidence = np.where(clamped, np.minimum(detection.confidence, CLAMPED_PROBABILITY), detection.confidence)
         notes = detection.notes
-        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        content = content_of(image, geometry)
         constant = content.min() == content.max()
         if constant or min(geometry.content_height, geometry.content_width) < MIN_CONTENT_SIDE:
             what = "a constant image" if constant else (

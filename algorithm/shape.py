@@ -135,7 +135,7 @@ class ShapeModel:
         given = to_complex(points_xy)
         usable = np.isfinite(given) if usable is None else (np.asarray(usable, bool) & np.isfinite(given))
         if usable.sum() < 3:
-            raise ValueError("a shape fit needs at least 3 landmarks")
+            raise DegenerateShape(f"{int(usable.sum())} landmarks to fit, and a shape needs at least 3")
         points = np.where(usable, given, 0)
         spread, variances, modes = self._arrays["spread"], self._arrays["variances"], self._arrays["modes"]
         factor, offset = self._pair_start(points, usable)
@@ -198,7 +198,8 @@ class ShapeModel:
                 else:
                     points[k] = fit.estimate_xy[k]
                     reestimated[k] = True
-            fit = self.fit(points, usable=~reestimated)
+            if (~reestimated).sum() >= 3:  # else the first fit, of all of them, is the best there is
+                fit = self.fit(points, usable=~reestimated)
         confidence = np.asarray(confidence, dtype=np.float64) * self.plausibility(np.where(reestimated, 0, fit.z))
         confidence = np.where(reestimated, np.minimum(confidence, REESTIMATED_PROBABILITY), confidence)
         return points, confidence, fit, reestimated

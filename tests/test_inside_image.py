@@ -81,12 +81,14 @@ def test_peaks_at_each_edge_and_corner_are_clamped_and_trusted_less(full_model, 
     assert (detection.confidence <= CLAMPED_PROBABILITY).all()
 
 
-def test_the_container_warns_about_an_empty_image_in_a_stack(full_model_dir, tmp_path, caplog):
+@pytest.mark.parametrize("compress", [False, True])
+def test_the_container_warns_about_an_empty_image_in_a_stack(full_model_dir, tmp_path, caplog, compress):
+    """A stack of noise and an all-zero image, as a compressed MetaImage too."""
     from algorithm.process import main
 
     images = [np.random.default_rng(4).integers(1, 256, size=(300, 240), dtype=np.uint8), np.zeros((300, 240),
                                                                                                   np.uint8)]
-    save_stack(tmp_path / "in", "cases.mha", images, 300, 240)
+    save_stack(tmp_path / "in", "cases.mha", images, 300, 240, compress=compress)
     output = tmp_path / "out.json"
     with caplog.at_level(logging.WARNING, logger="algorithm"):
         assert main(["--input", str(tmp_path / "in"), "--output", str(output), "--model",
