@@ -105,6 +105,26 @@ class HeatmapCodec:
         window, _, _ = self._window(flat, peak_x, peak_y)
         return np.clip(window.sum(axis=(1, 2)), 0.0, 1.0).reshape(*lead)
 
+    def candidates(self, heatmaps: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(K, h, w) heatmaps to the `count` strongest local maxima of each (peaks at least 2 sigma apart):
+        (K, C, 2) model-input positions, refined as `decode` refines, and (K, C) heatmap values (-inf where a
+        map has fewer maxima). The first candidate of each map is its `decode`d landmark."""
+        num_maps, height, width = heatmaps.shape
+        reach = max(1, int(round(2 * self.sigma)))
+        padded = np.pad(heatmaps, ((0, 0), (reach, reach), (reach, reach)), constant_values=-np.inf)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1, axis=2).max(axis=-1)
+        local_max = np.lib.stride_tricks.sliding_window_view(windows, 2 * reach + 1, axis=1).max(axis=-1)
+        values = np.where(heatmaps >= local_max, heatmaps, -np.inf).reshape(num_maps, -1)
+        count = min(count, values.shape[1])
+        best = np.argsort(-values, axis=1, kind="stable")[:, :count]
+        scores = np.take_along_axis(values, best, axis=1)
+        peak_y, peak_x = np.divmod(best.ravel(), width)
+        maps = np.repeat(np.arange(num_maps), count)
+        points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
+        if self.decoder == "centroid":
+            points = self._refine_by_centroid(heatmaps, peak_x, peak_y, maps)
+        return self.from_heatmap(points).reshape(num_maps, count, 2), scores
+
     @staticmethod
     def _peaks(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Column, row and value of each (h, w) map's maximum."""
@@ -112,8 +132,9 @@ class HeatmapCodec:
         peak_y, peak_x = np.divmod(peak_index, flat.shape[2])
         return peak_x, peak_y, flat.reshape(flat.shape[0], -1)[np.arange(flat.shape[0]), peak_index]
 
-    def _window(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray):
-        """The positive heatmap within `centroid_radius` of each peak, with its rows and columns.
+    def _window(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray, maps: np.ndarray | None = None):
+        """The positive heatmap within `centroid_radius` of each peak (peak i in map `maps[i]`, by default
+        map i), with its rows and columns.
 
         The window stays symmetric about the peak: near the border it shrinks on both sides, as a
         window cut off on one side only would pull the landmark away from the border.
@@ -127,13 +148,14 @@ class HeatmapCodec:
         reach_x = np.minimum(np.minimum(peak_x, width - 1 - peak_x), radius)
         inside = ((np.abs(offsets)[None, :] <= reach_y[:, None])[:, :, None]
                   & (np.abs(offsets)[None, :] <= reach_x[:, None])[:, None, :])
-        index = np.arange(flat.shape[0])[:, None, None]
+        index = (np.arange(flat.shape[0]) if maps is None else maps)[:, None, None]
         window = flat[index, np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
         return np.where(inside, np.maximum(window, 0), 0).astype(np.float64), rows, cols
 
-    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray) -> np.ndarray:
+    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray,
+                            maps: np.ndarray | None = None) -> np.ndarray:
         """Sub-pixel position: the mean of the positive heatmap within `centroid_radius` of the peak."""
-        window, rows, cols = self._window(flat, peak_x, peak_y)
+        window, rows, cols = self._window(flat, peak_x, peak_y, maps)
         total = window.sum(axis=(1, 2))
         safe_total = np.where(total > 0, total, 1.0)
         x = (window.sum(axis=1) * cols).sum(axis=1) / safe_total

@@ -1,7 +1,9 @@
 """Run the exported model with ONNX Runtime: images in, landmarks in original pixels (and confidences) out.
 
-The first stage finds every landmark on the resized image; a second stage, when the metadata has one,
-looks again at a full-resolution crop about each landmark (`algorithm.crops`).
+The first stage finds every landmark on the resized image; a shape model, when the metadata has one,
+moves a landmark that cannot be where it is to another peak of its heatmap or to the skull's estimate
+(`algorithm.shape`); a second stage looks again at a full-resolution crop about each landmark
+(`algorithm.crops`) and is overruled where it leaves the skull. Every landmark ends inside its image.
 """
 
 from __future__ import annotations
@@ -19,10 +21,23 @@ from algorithm.codec import HeatmapCodec
 from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import ResizeGeometry, prepare, to_grayscale
+from algorithm.preprocessing import ResizeGeometry, prepare, prepare_region, to_grayscale
 from algorithm.reader import describe
+from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
 logger = logging.getLogger(__name__)
+
+# An image whose content is smaller than this on a side, or constant, holds nothing the model can find.
+MIN_CONTENT_SIDE = 64
+# The most a landmark may be trusted that had to be moved into its image.
+CLAMPED_PROBABILITY = 0.1
+# The first stage looks again at the frame training images would give the skull when that frame spans less
+# than REFRAME_BELOW of the image's width or height: the image holds much besides the skull (a landscape
+# canvas, viewer borders). On the validation splits that frame spans 0.88-1.23 of an unchanged image and
+# 0.41-0.79 of a landscape or screenshot one. A frame larger than the image (a tight crop) is not used: the
+# model never saw the black it would add. One under REFRAME_SMALLEST comes from landmarks too wrong to trust.
+REFRAME_BELOW = 0.85
+REFRAME_SMALLEST = 0.2
 
 def _providers_for(device: str) -> list[str]:
     if device == "cpu":
@@ -97,17 +112,22 @@ def check_graph(session: ort.InferenceSession, codec: HeatmapCodec, num_landmark
 
 @dataclass(frozen=True)
 class Detection:
-    """One image's landmarks in its own pixels, (K, 2), and a confidence in [0, 1] for each, (K,)."""
+    """One image's landmarks in its own pixels, (K, 2), a confidence in [0, 1] for each, (K,), what the shape
+    check made of them, and warnings for the log."""
 
     points: np.ndarray
     confidence: np.ndarray
+    shape_fit: ShapeFit | None = None
+    reestimated: np.ndarray | None = None  # (K,) landmarks the shape model had to estimate
+    notes: tuple[str, ...] = ()
 
 
 class LandmarkDetector:
     """The exported model (one or two stages) with the preprocessing and decoding its metadata describes."""
 
     def __init__(self, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto", threads: int = 0,
-                 batch_size: int = 1, decoder: str | None = None, refine: bool = True) -> None:
+                 batch_size: int = 1, decoder: str | None = None, refine: bool = True,
+                 shape_check: bool = True) -> None:
         model_dir = Path(model_dir)
         model_path = model_dir / MODEL_FILE
         if not model_path.is_file():
@@ -123,6 +143,7 @@ class LandmarkDetector:
         check_graph(self.session, self.codec, meta.num_landmarks, model_path)
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size
+        self.shape: ShapeModel | None = meta.shape if shape_check else None
         self.refinement = meta.refinement if refine else None
         if self.refinement is not None:
             refine_path = model_dir / self.refinement.model_file
@@ -147,14 +168,54 @@ class LandmarkDetector:
         return self.session.run(None, {self.input_name: inputs[:, None].astype(np.float32)})[0]
 
     def decode(self, heatmaps: np.ndarray, geometries: list[ResizeGeometry]) -> list[Detection]:
-        """Step 3: heatmaps to each image's landmarks in its own pixels, with the first stage's confidences."""
+        """Step 3: heatmaps to each image's landmarks in its own pixels, with the first stage's confidences,
+        kept on a plausible skull when the model has a shape model."""
         points = self.codec.decode(heatmaps)[0]
         confidence = self.codec.confidence(heatmaps)
-        return [Detection(geometry.to_original(image_points), image_confidence)
-                for geometry, image_points, image_confidence in zip(geometries, points, confidence)]
+        detections = [Detection(geometry.to_original(image_points), image_confidence)
+                      for geometry, image_points, image_confidence in zip(geometries, points, confidence)]
+        if self.shape is None:
+            return detections
+        return [self.keep_plausible(detection, image_heatmaps, geometry)
+                for detection, image_heatmaps, geometry in zip(detections, heatmaps, geometries)]
+
+    def keep_plausible(self, first: Detection, heatmaps: np.ndarray, geometry: ResizeGeometry) -> Detection:
+        """Step 3b: a landmark that does not fit the others takes another peak of its heatmap that does, or the
+        shape model's estimate with a low probability."""
+        candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+        try:
+            points, confidence, fit, reestimated = self.shape.correct(first.points, first.confidence,
+                                                                      geometry.to_original(candidates), scores)
+        except DegenerateShape as error:
+            return replace(first, confidence=np.minimum(first.confidence, REESTIMATED_PROBABILITY),
+                           notes=(f"the landmarks form no skull ({error}): probability <= {REESTIMATED_PROBABILITY}",))
+        names = [self.metadata.landmark_names[k] for k in np.flatnonzero(reestimated)]
+        notes = (f"{len(names)} landmark(s) fit no plausible skull ({', '.join(names)}): estimated from the "
+                 f"others, probability <= {REESTIMATED_PROBABILITY}",) if names else ()
+        if 2 * len(names) > len(points):
+            notes = (f"{len(names)} of {len(points)} landmarks fit no plausible skull: is this a lateral "
+                     f"cephalogram? They are estimated from the rest, probability <= {REESTIMATED_PROBABILITY}",)
+        return Detection(points, confidence, fit, reestimated, notes)
+
+    def reframe(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Step 3c: where the skull sits in its image otherwise than in training images (a landscape canvas,
+        viewer borders, a tight crop), the first stage looks again at the frame training would have given it,
+        so that it sees the skull at the scale and aspect it learned."""
+        if self.shape is None or self.shape.frame is None or first.shape_fit is None:
+            return first
+        left, top, width, height = self.shape.frame_box(first.shape_fit)
+        spans = np.array([width / geometry.content_width, height / geometry.content_height])
+        if not REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW:
+            return first
+        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        model_input, frame = prepare_region(content, int(np.floor(left)), int(np.floor(top)), int(np.ceil(width)),
+                                            int(np.ceil(height)), self.codec.input_height, self.codec.input_width,
+                                            self.metadata.normalization)
+        return self.decode(self.heatmaps(model_input[None]), [frame])[0]
 
     def refine(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
-        """Step 4 (with a second stage): look again at a full-resolution crop about each landmark."""
+        """Step 4 (with a second stage): look again at a full-resolution crop about each landmark; where the
+        refined landmark leaves the plausible skull that the first one was on, the first one stays."""
         if self.refinement is None:
             return first
         content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
@@ -165,7 +226,34 @@ class LandmarkDetector:
 
         points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refine_codec,
                                               heatmaps_of)
-        return Detection(points, confidence)
+        if first.shape_fit is None:
+            return Detection(points, confidence, notes=first.notes)
+        z_refined = self.shape.z_of(first.shape_fit, points)
+        left = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
+        points = np.where(left[:, None], first.points, points)
+        confidence = np.where(left, first.confidence, confidence * self.shape.plausibility(z_refined))
+        confidence = np.where(first.reestimated, np.minimum(confidence, REESTIMATED_PROBABILITY), confidence)
+        return Detection(points, confidence, first.shape_fit, first.reestimated, first.notes)
+
+    def finish(self, image: np.ndarray, geometry: ResizeGeometry, detection: Detection) -> Detection:
+        """Step 5: every landmark inside the image's content; an image with nothing to find (constant, or too
+        small for the model) keeps its landmarks, each with probability 0, and says so."""
+        limit = np.array([geometry.content_width - 1, geometry.content_height - 1], dtype=np.float64)
+        points = np.clip(detection.points, 0, limit)
+        clamped = (points != detection.points).any(axis=1)
+        confidence = np.where(clamped, np.minimum(detection.confidence, CLAMPED_PROBABILITY), detection.confidence)
+        notes = detection.notes
+        content = to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+        constant = content.min() == content.max()
+        if constant or min(geometry.content_height, geometry.content_width) < MIN_CONTENT_SIDE:
+            what = "a constant image" if constant else (
+                f"{geometry.content_width} x {geometry.content_height} pixels, under {MIN_CONTENT_SIDE} on a side")
+            notes = (f"nothing to find ({what}): landmarks written with probability 0",)
+            confidence = np.zeros_like(confidence)
+        elif clamped.any():
+            notes += (f"{int(clamped.sum())} landmark(s) fell outside the image and were moved to its edge "
+                      f"(probability <= {CLAMPED_PROBABILITY})",)
+        return replace(detection, points=points, confidence=np.clip(confidence, 0.0, 1.0), notes=notes)
 
     def predict(self, images: Iterable[np.ndarray]) -> Iterator[Detection]:
         """Each image ((H, W) or (H, W, C), padded or not) to its landmarks in its own pixels and their confidences."""
@@ -173,4 +261,6 @@ class LandmarkDetector:
         while batch := list(islice(prepared, self.batch_size)):
             batch_images, inputs, geometries = zip(*batch)
             first = self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
-            yield from (self.refine(*item) for item in zip(batch_images, geometries, first))
+            for image, geometry, detection in zip(batch_images, geometries, first):
+                detection = self.reframe(image, geometry, detection)
+                yield self.finish(image, geometry, self.refine(image, geometry, detection))

@@ -1,7 +1,8 @@
-"""The model's metadata: everything the container must know about what training chose."""
+"""The model's metadata: everything the container must know about what training chose, and which model folder it loads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import CropSpec
 from algorithm.preprocessing import NORMALIZATIONS, RESIZE_METHODS
+from algorithm.shape import ShapeModel
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
 REFINE_MODEL_FILE = "refine.onnx"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"  # built in; absent from an image built WITH_MODEL=0
+MOUNTED_MODEL_DIR = Path("/opt/ml/model")  # where grand-challenge extracts a model uploaded apart from the image
 
 
 class ModelError(ValueError):
@@ -58,6 +61,7 @@ class ModelMetadata:
 
     `codec` describes the first stage's heatmaps whole (input size, stride, sigma, decoder, centroid
     radius, output activation); the container and training build the same `HeatmapCodec` from it.
+    `shape`, when present, is the statistical shape model that keeps each image's landmarks plausible.
     """
 
     landmark_names: list[str]  # anatomical names; the output names landmark k as "k"
@@ -65,6 +69,7 @@ class ModelMetadata:
     resize: str = RESIZE_METHODS[0]
     normalization: str = "zscore"
     refinement: RefinementStage | None = None
+    shape: ShapeModel | None = None
     trained_on: str = "untrained"
     accuracy: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +86,11 @@ class ModelMetadata:
             raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
         if self.refinement is not None:
             self.refinement = _from_dict(RefinementStage, self.refinement, "refinement")
+        if self.shape is not None:
+            self.shape = _from_dict(ShapeModel, self.shape, "shape")
+            if self.shape.num_landmarks != self.num_landmarks:
+                raise ValueError(f"shape: a model of {self.shape.num_landmarks} landmarks, not the "
+                                 f"{self.num_landmarks} of landmark_names")
 
     @property
     def num_landmarks(self) -> int:
@@ -109,3 +119,48 @@ class ModelMetadata:
             return cls(**value)
         except (TypeError, ValueError) as error:
             raise ModelError(f"{path}: not valid model metadata ({error})") from None
+
+
+def _holds_model(folder: Path) -> bool:
+    """Whether `folder` holds a model: False when it is absent or empty, a ModelError when it holds something else."""
+    try:
+        names = sorted(entry.name for entry in folder.iterdir())
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        raise ModelError(f"{folder}: not a folder, so no model folder") from None
+    except OSError as error:
+        raise ModelError(f"{folder}: cannot be listed ({error.strerror or error})") from None
+    if not names:
+        return False
+    if METADATA_FILE in names:
+        return True
+    problem = f"holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''} but no {METADATA_FILE}"
+    nested = next((name for name in names if (folder / name / METADATA_FILE).is_file()), None)
+    if nested:  # a tarball packed with its folder: tar -czf model.tar.gz model/
+        problem += f"; the model is in its subfolder {nested}/: pack it with tar -czf model.tar.gz -C {nested} ."
+    raise ModelError(f"{folder}: {problem}")
+
+
+def locate_model(explicit: Path | None) -> tuple[Path, str]:
+    """The model folder to load and where it comes from: --model, else one mounted at MOUNTED_MODEL_DIR, else the
+    built-in one; a broken mounted model is an error, never a fallback to the built-in one."""
+    if explicit is not None:
+        return Path(explicit), "--model"
+    if _holds_model(MOUNTED_MODEL_DIR):
+        return MOUNTED_MODEL_DIR, "mounted"
+    if _holds_model(DEFAULT_MODEL_DIR):
+        return DEFAULT_MODEL_DIR, "built in"
+    raise ModelError(f"no model: nothing at {MOUNTED_MODEL_DIR} and none built in at {DEFAULT_MODEL_DIR} (an image "
+                     "built WITH_MODEL=0); upload one on grand-challenge (Algorithm -> Models) or give --model")
+
+
+def graph_digest(model_dir: Path, meta: ModelMetadata) -> str:
+    """The first 12 hex digits of sha256 over the graph files in order (`cat model.onnx refine.onnx | sha256sum`),
+    which tell in the log which model ran."""
+    digest = hashlib.sha256()
+    for name in [MODEL_FILE] + ([meta.refinement.model_file] if meta.refinement else []):
+        with open(Path(model_dir) / name, "rb") as graph:
+            for block in iter(lambda: graph.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]

@@ -20,12 +20,15 @@ CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
 
 @dataclass(frozen=True)
 class ResizeGeometry:
-    """Where the model input came from: the un-padded content size and the input size."""
+    """Where the model input came from: the size of the region resized (the un-padded content, or a frame about
+    the skull whose top-left corner is at `left`, `top` of the image) and the input size."""
 
     content_height: int
     content_width: int
     input_height: int
     input_width: int
+    left: int = 0
+    top: int = 0
 
     @property
     def scale_xy(self) -> np.ndarray:
@@ -37,11 +40,11 @@ class ResizeGeometry:
 
     def to_original(self, points_xy: np.ndarray) -> np.ndarray:
         """Model-input pixel coordinates (x, y) to pixels of the original (padded) image."""
-        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * self.scale_xy - 0.5
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * self.scale_xy - 0.5 + [self.left, self.top]
 
     def to_model(self, points_xy: np.ndarray) -> np.ndarray:
         """Original-image pixel coordinates (x, y) to model-input pixels."""
-        return (np.asarray(points_xy, dtype=np.float64) + 0.5) / self.scale_xy - 0.5
+        return (np.asarray(points_xy, dtype=np.float64) - [self.left, self.top] + 0.5) / self.scale_xy - 0.5
 
 
 def to_grayscale(image: np.ndarray) -> np.ndarray:
@@ -140,3 +143,16 @@ def prepare(image: np.ndarray, input_height: int, input_width: int, normalizatio
     resized = resize(content, input_height, input_width)
     geometry = ResizeGeometry(*content.shape, input_height, input_width)
     return normalize(resized, normalization), geometry
+
+
+def prepare_region(content: np.ndarray, left: int, top: int, width: int, height: int, input_height: int,
+                   input_width: int, normalization: str):
+    """One region of a 2D image (zero where it reaches past the image) resized and normalised as `prepare` does;
+    returns the model input and its geometry."""
+    region = np.zeros((height, width), dtype=content.dtype)
+    rows = slice(max(0, top), min(content.shape[0], top + height))
+    cols = slice(max(0, left), min(content.shape[1], left + width))
+    if rows.start < rows.stop and cols.start < cols.stop:
+        region[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = content[rows, cols]
+    resized = resize(region, input_height, input_width)
+    return normalize(resized, normalization), ResizeGeometry(height, width, input_height, input_width, left, top)

@@ -3,6 +3,8 @@
 Stacks are processed in sorted path order, subfolders included (`algorithm.inputs` lists them as
 evalutils would), and `z` counts on across them: with a.mha (2 images) and b.mha (3 images), b's
 images are z = 3, 4, 5. Any failure ends in one `error:` line naming the file and no output.
+The model: --model, else the one grand-challenge mounts at /opt/ml/model (uploaded apart from the
+image), else the one built in (`algorithm.metadata.locate_model`).
 
     python -m algorithm.process --input DIR --output FILE [--device auto|cuda|cpu]
 """
@@ -23,7 +25,7 @@ from algorithm.codec import DECODERS
 from algorithm.devices import DEVICES, DeviceError
 from algorithm.inference import Detection, LandmarkDetector
 from algorithm.inputs import scan_input
-from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError
+from algorithm.metadata import DEFAULT_MODEL_DIR, MOUNTED_MODEL_DIR, ModelError, graph_digest, locate_model
 from algorithm.output import OutputError, check_output_path, multiple_points, schema_errors, write_json_atomically
 from algorithm.reader import ImageStack, InputError, InputScope, describe, looks_like_image
 
@@ -118,7 +120,11 @@ class OrthodonticLandmarks(DetectionAlgorithm):
             raise InputError(f"{stack.label}: processing failed ({describe(error)})") from None
 
     def predict(self, *, input_image: ImageStack) -> list[Detection]:
-        return list(self.detector.predict(input_image))
+        detections = list(self.detector.predict(input_image))
+        for number, detection in enumerate(detections, start=1):
+            for note in detection.notes:
+                logger.warning("%s, image %d of %d: %s", input_image.label, number, len(detections), note)
+        return detections
 
     def save(self) -> None:
         detections = [image for stack in self._case_results for image in stack]
@@ -144,8 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="folder of stacks (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write (default: %(default)s)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                        help="folder with model.onnx and metadata.json (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"folder with model.onnx and metadata.json (default: the model at {MOUNTED_MODEL_DIR}, "
+                        f"where grand-challenge puts an uploaded one, else the built-in {DEFAULT_MODEL_DIR})")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA when usable, else CPU; cuda: fail if no GPU is usable (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime, 0 = its default")
@@ -155,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="run the model's second stage, a full-resolution look at each landmark, when it has "
                         "one; --no-refine keeps the first stage's landmarks (default: --refine)")
+    parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep each image's landmarks on a plausible skull with the model's shape model, when "
+                        "it has one (default: --shape-check)")
     return parser.parse_args(argv)
 
 
@@ -166,12 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.input.is_dir():
             problem = "is not a folder" if args.input.exists() else "does not exist"
             raise InputError(f"{args.input}: the input folder {problem}")
-        detector = LandmarkDetector(args.model, args.device, args.threads, args.batch_size, args.decoder, args.refine)
+        model_dir, origin = locate_model(args.model)
+        detector = LandmarkDetector(model_dir, args.device, args.threads, args.batch_size, args.decoder, args.refine,
+                                    args.shape_check)
         meta = detector.metadata
         stages = "two stages" if detector.refinement else (
             "first stage only (--no-refine)" if meta.refinement else "one stage")
-        logger.info("model %s: %d landmarks, input %d x %d (height x width), %s; trained on: %s", args.model,
-                    meta.num_landmarks, meta.codec.input_height, meta.codec.input_width, stages, meta.trained_on[:120])
+        shape = "shape check on" if detector.shape else ("shape check off" if meta.shape else "no shape model")
+        logger.info("model %s (%s, graphs sha256 %s): %d landmarks, input %d x %d (height x width), %s, %s; "
+                    "trained on: %s", model_dir, origin, graph_digest(model_dir, meta), meta.num_landmarks,
+                    meta.codec.input_height, meta.codec.input_width, stages, shape, meta.trained_on[:120])
         OrthodonticLandmarks(args.input, args.output, detector).process()
     except (InputError, ModelError, OutputError, DeviceError, ValidationError, FileLoaderError, ValueError) as error:
         print(f"error: {describe(error)}", file=sys.stderr)

@@ -61,17 +61,19 @@ def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: L
 
 
 def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None,
-                      refine: bool) -> Predictions:
-    """The container's inference path, step by step so that a second stage's input (the first stage's
-    landmarks) is kept to draw beside its output."""
-    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder, refine=refine)
-    first, final = [], []
+                      refine: bool, shape_check: bool) -> Predictions:
+    """The container's inference path (`LandmarkDetector.predict`); for two stages, also the first stage alone
+    (what --no-refine writes), to draw beside the refined landmarks."""
+    options = dict(device="cpu", decoder=decoder, shape_check=shape_check)
+    detector = LandmarkDetector(model_dir, refine=refine, **options)
+    first_stage = LandmarkDetector(model_dir, refine=False, **options) if detector.refinement else None
+    final, first = [], []
     for image in tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: inference", leave=False):
-        inputs, geometry = detector.prepare(image)
-        first.append(detector.decode(detector.heatmaps(inputs[None]), [geometry])[0])
-        final.append(detector.refine(image, geometry, first[-1]))
+        final.append(next(detector.predict([image])))
+        if first_stage is not None:
+            first.append(next(first_stage.predict([image])).points)
     return Predictions(np.stack([d.points for d in final]), np.stack([d.confidence for d in final]),
-                       np.stack([d.points for d in first]) if detector.refinement else None)
+                       np.stack(first) if first else None)
 
 
 def draw_overlays(data: LandmarkData, indices: list[int], predictions: Predictions, errors_mm: np.ndarray,
@@ -175,6 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="with --model: run its second stage, if it has one (--no-refine: the first stage alone; "
                         "default: --refine)")
+    parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --model: keep the landmarks on a plausible skull with its shape model, if it has "
+                        "one (default: --shape-check)")
     parser.add_argument("--overlays", type=int, default=6,
                         help="pictures of the worst images per data set, each landmark zoomed, the first stage's "
                         "point beside the refined one for two stages (default: %(default)s)")
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     for data, (images, ground_truth) in zip(datasets, sources):
         split, indices = split_indices(data, args.split, config, trained_on)
         predictions = (predict_with_checkpoint(model, config, data, indices) if args.checkpoint else
-                       predict_with_onnx(args.model, data, indices, args.decoder, args.refine))
+                       predict_with_onnx(args.model, data, indices, args.decoder, args.refine,
+                                         args.shape_check))
         errors = radial_errors_mm(predictions.points, data.landmarks[indices], data.spacing[indices])
         all_errors.append(errors), all_confidences.append(predictions.confidence)
         per_image += [(data.name, image_label(data, i), e) for i, e in zip(indices, errors)]

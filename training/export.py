@@ -28,12 +28,15 @@ import torch
 
 from algorithm.codec import HeatmapCodec
 from algorithm.inference import LandmarkDetector
-from algorithm.metadata import DEFAULT_MODEL_DIR, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata, RefinementStage
+from algorithm.metadata import (DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata,
+                                RefinementStage)
 from algorithm.preprocessing import prepare, strip_padding
 from algorithm.reader import ImageStack, InputError, looks_like_image
 from training.model import SpatialSoftmax
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
+from training.data import load_sources
+from training.shape_model import shape_model_for
 
 # ONNX Runtime must agree with torch to this fraction of the largest probability,
 # and the decoded landmarks to this many model-input pixels.
@@ -152,6 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"in {SMOKE_INPUT.relative_to(SMOKE_INPUT.parents[3])})")
     parser.add_argument("--trained-on", default=None, help="description of the training data for the metadata")
     parser.add_argument("--accuracy", type=Path, help="a metrics JSON from training.evaluate to record in the metadata")
+    parser.add_argument("--shape-model", action=argparse.BooleanOptionalAction, default=True,
+                        help="with a first stage: also build the shape model that keeps landmarks on a plausible "
+                        "skull, from the checkpoint's training split (default: --shape-model)")
     return parser.parse_args(argv)
 
 
@@ -187,8 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     graph = args.output / (MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE)
     print(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and metadata.json\n"
-          f"check passed: against torch, {describe_check(report)}\n{next_steps(config, args.output)}")
+          f"check passed: against torch, {describe_check(report)}")
+    if config.stage == "detect" and args.shape_model and args.checkpoint:
+        add_shape_model(args.output, config)
+    print(next_steps(config, args.output))
     return 0
+
+
+def add_shape_model(model_dir: Path, config: TrainConfig) -> None:
+    """Store the shape model of the training data with a first stage, or say how to add it later."""
+    metadata = ModelMetadata.load(model_dir)
+    try:
+        metadata.shape = shape_model_for(model_dir, config, load_sources(config.sources(), metadata.landmark_names))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"no shape model ({error}); add one later with python -m training.shape_model --model {model_dir}")
+        return
+    metadata.save(model_dir)
+    print(f"added a shape model of {metadata.shape.num_shapes} training shapes to {model_dir / METADATA_FILE}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from evalutils.exceptions import FileLoaderError
 from tqdm import tqdm
 
 from algorithm.inputs import scan_input
-from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError, ModelMetadata
+from algorithm.metadata import DEFAULT_MODEL_DIR, MOUNTED_MODEL_DIR, ModelError, ModelMetadata, locate_model
 from algorithm.output import schema_errors
 from algorithm.process import StackLoader
 from algorithm.reader import ImageStack, InputError, describe
@@ -158,6 +158,7 @@ class Viewing:
 def load_viewing(args: argparse.Namespace) -> Viewing:
     """The input's stacks, the model's landmark names, the output and the ground truth, all checked."""
     stacks = open_input(args.input)
+    args.model = locate_model(args.model)[0]
     names = ModelMetadata.load(args.model).landmark_names
     sizes = image_sizes(stacks)
     viewing = Viewing(stacks, names, *read_output(args.landmarks, sizes, len(names)))
@@ -227,8 +228,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ground-truth", type=Path,
                         help="a ground-truth JSON with z = slice and `scale` (mm per pixel) per point, as "
                         "`python -m training.pack --gt-output` writes: score the output and draw each error")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                        help="the model folder whose metadata names the landmarks (default: %(default)s)")
+    parser.add_argument("--model", type=Path,
+                        help="the model folder whose metadata names the landmarks (default: the one the container "
+                        f"loads without --model: {MOUNTED_MODEL_DIR} if it holds one, else {DEFAULT_MODEL_DIR})")
     parser.add_argument("--output", type=Path,
                         help="folder for the pictures (default: a new runs/view/NNN); an existing one that holds "
                         "files needs --overwrite")

@@ -1,0 +1,115 @@
+"""The shape model: built from synthetic skulls, it must catch a landmark on the wrong structure and put it back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from algorithm.codec import HeatmapCodec
+from algorithm.metadata import ModelMetadata
+from algorithm.shape import REESTIMATED_PROBABILITY, ShapeModel, to_complex, to_xy
+from training.shape_model import build_shape_model, detection_spread, procrustes
+
+NUM_LANDMARKS = 12
+TEMPLATE = np.random.default_rng(11).uniform(100, 900, size=(NUM_LANDMARKS, 2))
+# Two ways skulls vary: a longer face (the lower landmarks move down) and a jaw that opens (they swing).
+LOWER = TEMPLATE[:, 1] > 500
+
+
+def skull(rng: np.random.Generator, noise: float = 6.0) -> np.ndarray:
+    """A (K, 2) synthetic skull: the template varied along both modes, moved, turned and scaled at random."""
+    shape = TEMPLATE.copy()
+    shape[LOWER, 1] += rng.normal(0, 40)
+    shape[LOWER, 0] += rng.normal(0, 25) * (shape[LOWER, 1] - 500) / 400
+    shape += rng.normal(0, noise, shape.shape)
+    angle, scale = rng.normal(0, 0.1), rng.uniform(0.7, 1.4)
+    turned = to_complex(shape - 500) * scale * np.exp(1j * angle) + complex(*rng.uniform(800, 1200, 2))
+    return to_xy(turned)
+
+
+@pytest.fixture(scope="module")
+def model() -> ShapeModel:
+    rng = np.random.default_rng(0)
+    return build_shape_model(np.stack([skull(rng) for _ in range(120)]))
+
+
+def test_procrustes_removes_position_turn_and_size():
+    rng = np.random.default_rng(1)
+    shape = skull(rng, noise=0)
+    moved = to_xy(to_complex(shape) * 1.7 * np.exp(0.4j) + (300 - 200j))
+    aligned, mean = procrustes(to_complex(np.stack([shape, moved])))
+    np.testing.assert_allclose(aligned[0], aligned[1], atol=1e-9)
+    assert abs((np.abs(mean - mean.mean()) ** 2).mean() - 1) < 1e-9
+
+
+def test_new_skulls_fit_and_a_landmark_on_another_structure_does_not(model):
+    rng = np.random.default_rng(2)
+    worst_inlier, caught = 0.0, 0
+    for _ in range(50):
+        points = skull(rng)
+        worst_inlier = max(worst_inlier, float(model.fit(points).z.max()))
+        k = rng.integers(NUM_LANDMARKS)
+        points[k] += rng.choice([-1, 1], 2) * rng.uniform(150, 300, 2)  # far off, e.g. on a ruler
+        caught += int(np.argmax(model.fit(points).z) == k and model.fit(points).z[k] > model.outlier_z)
+    assert worst_inlier < model.outlier_z
+    assert caught == 50
+
+
+def test_two_landmarks_off_at_once_are_both_caught(model):
+    points = skull(np.random.default_rng(3))
+    points[[1, 7]] += [[260, -180], [-220, 240]]
+    z = model.fit(points).z
+    assert set(np.flatnonzero(z > model.outlier_z)) == {1, 7}
+
+
+def test_correct_takes_the_other_peak_that_fits_or_else_the_estimate(model):
+    truth = skull(np.random.default_rng(4))
+    decoded = truth.copy()
+    decoded[[2, 5]] += [[300, 40], [-250, -260]]
+    candidates = np.repeat(decoded[:, None], 3, axis=1) + np.array([0, 1e4, 2e4])[None, :, None]
+    scores = np.tile([0.5, 0.2, 0.1], (NUM_LANDMARKS, 1))
+    candidates[2, 1] = truth[2] + [3, -2]  # landmark 2's heatmap also peaks on the right structure
+    confidence = np.full(NUM_LANDMARKS, 0.9)
+    points, corrected, _, reestimated = model.correct(decoded, confidence, candidates, scores)
+    np.testing.assert_allclose(points[2], truth[2] + [3, -2])
+    assert not reestimated[2] and reestimated[5]
+    assert np.linalg.norm(points[5] - truth[5]) < 40  # the shape's estimate: near, not exact
+    assert corrected[5] <= REESTIMATED_PROBABILITY < corrected[2]
+    untouched = np.setdiff1d(np.arange(NUM_LANDMARKS), [2, 5])
+    np.testing.assert_array_equal(points[untouched], decoded[untouched])
+    assert (corrected[untouched] > 0.5).all()
+
+
+def test_candidates_are_the_heatmap_peaks_strongest_first():
+    codec = HeatmapCodec(128, 96, 2, 1.5)
+    truth = np.array([[30.0, 40.0], [70.0, 100.0]])
+    heatmaps = codec.encode(truth)[0]
+    heatmaps[0] += 0.6 * codec.encode(np.array([[60.0, 20.0]]))[0][0]  # a weaker second peak in map 0
+    points, scores = codec.candidates(heatmaps, 3)
+    np.testing.assert_allclose(points[0, 0], truth[0], atol=0.3)
+    np.testing.assert_allclose(points[0, 1], [60, 20], atol=0.5)
+    np.testing.assert_allclose(points[:, 0], codec.decode(heatmaps)[0])
+    assert scores[0, 0] > scores[0, 1] > 0.5 and scores[1, 1] < 0.01
+
+
+def test_detection_spread_is_robust_to_gross_errors():
+    rng = np.random.default_rng(5)
+    truth = np.stack([skull(rng) for _ in range(40)])
+    errors = rng.normal(0, 4.0, truth.shape)
+    clean = detection_spread(errors, truth)
+    errors[:4, 3] = 500  # a tenth of landmark 3's detections on another structure
+    spread = detection_spread(errors, truth)
+    assert spread[3] < 1.3 * clean[3]
+    sizes = np.sqrt((np.abs(to_complex(truth) - to_complex(truth).mean(axis=1, keepdims=True)) ** 2).mean(axis=1))
+    np.testing.assert_allclose(clean, 4.0 / sizes.mean(), rtol=0.2)
+
+
+def test_the_metadata_keeps_the_shape_model_and_refuses_a_mismatched_one(model, tmp_path):
+    metadata = ModelMetadata(landmark_names=[f"L{k}" for k in range(NUM_LANDMARKS)],
+                             codec=HeatmapCodec(128, 96, 2, 1.5), shape=model)
+    metadata.save(tmp_path)
+    loaded = ModelMetadata.load(tmp_path)
+    points = skull(np.random.default_rng(6))
+    np.testing.assert_allclose(loaded.shape.fit(points).z, model.fit(points).z)
+    with pytest.raises(ValueError, match="12 landmarks"):
+        ModelMetadata(landmark_names=["a", "b", "c"], codec=HeatmapCodec(128, 96, 2, 1.5), shape=model)

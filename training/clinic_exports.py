@@ -1,0 +1,225 @@
+"""Test images re-framed as clinics send them, and the model scored on each framing.
+
+    python -m training.clinic_exports [--model algorithm/model] [--split test] [--no-shape-check]
+
+Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
+export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
+text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
+tight about the skull. The landmarks move with the pixels, and the mm per pixel with the scale, so
+every framing is scored against the same doctors. Nothing is written but the table (and --output's
+JSON): the images of the data sets stay where they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from algorithm.inference import LandmarkDetector
+from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
+from algorithm.preprocessing import strip_padding
+from training.config import TrainConfig
+from training.data import LandmarkData, load_sources, make_split
+from training.metrics import SDR_THRESHOLDS_MM, format_table, radial_errors_mm, summarize
+
+GROSS_ERROR_MM = 10.0
+
+
+@dataclass
+class Framed:
+    """One re-framed image: its pixels, its landmarks in them and its mm per pixel."""
+
+    image: np.ndarray
+    points: np.ndarray
+    spacing: float
+
+
+def _resized(image: np.ndarray, scale: float) -> np.ndarray:
+    """`image` scaled by `scale` (area filter when shrinking), as uint8."""
+    height, width = image.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX if scale < 1 else
+                                                    Image.Resampling.BILINEAR))
+
+
+def _scaled_points(points: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
+    """Pixel-centre convention of PIL's resize: x' = (x + 0.5) * s - 0.5, then shifted."""
+    return (points + 0.5) * scale_xy - 0.5 + offset_xy
+
+
+def _on_canvas(image: np.ndarray, points: np.ndarray, spacing: float, height: int, width: int) -> Framed:
+    """`image` fitted to `height` x `width` (aspect kept) and centred on black."""
+    scale = min(height / image.shape[0], width / image.shape[1])
+    small = _resized(image, scale)
+    top, left = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+    canvas = np.zeros((height, width), np.uint8)
+    canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
+    scale_xy = np.array([small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]])
+    return Framed(canvas, _scaled_points(points, scale_xy, np.array([left, top])), spacing / scale_xy.mean())
+
+
+def landscape(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """On the challenge's landscape detector frame, 2880 x 2304 (width x height)."""
+    return _on_canvas(image, points, spacing, 2304, 2880)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def viewer_screenshot(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """A 1920 x 1080 viewer window: black side borders, patient text over the image and the borders."""
+    framed = _on_canvas(image, points, spacing, 1080, 1920)
+    picture = Image.fromarray(framed.image)
+    draw = ImageDraw.Draw(picture)
+    font = _font(28)
+    for x, y, text in ((20, 20, "PATIENT 0000123  DOB 01.01.2000"), (20, 60, "CEPH LAT  72 kV 10 mA"),
+                       (1500, 20, "2026-11-30 10:42"), (1500, 1030, "W 4095 L 2048"), (700, 1040, "R  ->  L"),
+                       (20, 1030, "Zoom 56 %")):
+        draw.text((x, y), text, fill=235, font=font)
+    return Framed(np.asarray(picture), framed.points, framed.spacing)
+
+
+def ruler(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """A bright ruler with mm ticks held in front of the face (the side the landmarks face)."""
+    picture = Image.fromarray(image.copy())
+    draw = ImageDraw.Draw(picture)
+    height, width = image.shape
+    face = np.nanmax(points[:, 0])
+    x = int(min(width - 40, face + 0.35 * (width - face)))
+    top, bottom = int(0.08 * height), int(0.62 * height)
+    draw.rectangle((x, top, x + 18, bottom), fill=250)
+    step = max(2, round(1.0 / spacing))  # a tick each mm
+    for number, y in enumerate(range(top, bottom, step)):
+        length = 36 if number % 10 == 0 else 26 if number % 5 == 0 else 20
+        draw.line((x - length + 18, y, x + 18, y), fill=255, width=max(1, step // 4))
+    return Framed(np.asarray(picture), points, spacing)
+
+
+def downscaled_jpeg(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Downscaled to 1000 px high and saved as JPEG quality 70."""
+    scale = 1000 / image.shape[0]
+    small = _resized(image, scale)
+    buffer = io.BytesIO()
+    Image.fromarray(small).save(buffer, format="JPEG", quality=70)
+    scale_xy = np.array([small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]])
+    return Framed(np.asarray(Image.open(buffer)), _scaled_points(points, scale_xy, np.zeros(2)),
+                  spacing / scale_xy.mean())
+
+
+def tight_crop(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Cut to 8 % about the landmarks' bounding box (the back of the skull and the neck go)."""
+    low, high = np.nanmin(points, axis=0), np.nanmax(points, axis=0)
+    margin = 0.08 * (high - low)
+    left, top = np.maximum(0, np.floor(low - margin)).astype(int)
+    right, bottom = np.minimum(np.array(image.shape[::-1]) - 1, np.ceil(high + margin)).astype(int)
+    return Framed(np.ascontiguousarray(image[top:bottom + 1, left:right + 1]), points - [left, top], spacing)
+
+
+def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    return Framed(image, points, spacing)
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
+    "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
+    "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
+}
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A 2D 8-bit copy of one data-set image (16-bit ones scaled by their maximum)."""
+    gray = strip_padding(image)
+    if gray.dtype == np.uint8:
+        return np.ascontiguousarray(gray)
+    return np.clip(gray.astype(np.float64) * (255.0 / max(1.0, float(gray.max()))), 0, 255).astype(np.uint8)
+
+
+def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], splits: dict[str, list[int]],
+                   transforms: list[str]) -> dict[str, dict]:
+    """Each framing's summary (and its count of gross errors) over the chosen images of every data set."""
+    errors: dict[str, list[np.ndarray]] = {name: [] for name in transforms}
+    confidences: dict[str, list[np.ndarray]] = {name: [] for name in transforms}
+    total = sum(len(splits[d.name]) for d in datasets)
+    with tqdm(total=total * len(transforms), desc="clinic exports", unit="image") as progress:
+        for data in datasets:
+            for index, image in zip(splits[data.name], data.read_images(splits[data.name])):
+                gray = to_uint8(image)
+                for name in transforms:
+                    framed = TRANSFORMS[name](gray, data.landmarks[index], float(data.spacing[index]))
+                    detection = next(detector.predict([framed.image]))
+                    errors[name].append(radial_errors_mm(detection.points[None], framed.points[None],
+                                                         np.array([framed.spacing]))[0])
+                    confidences[name].append(detection.confidence)
+                    progress.update()
+    results = {}
+    for name in transforms:
+        stacked, confidence = np.stack(errors[name]), np.stack(confidences[name])
+        results[name] = {**summarize(stacked), "beyond_10mm": int(np.nansum(stacked > GROSS_ERROR_MM)),
+                         "gross_among_least_confident": gross_share_least_confident(confidence, stacked)}
+    return results
+
+
+def gross_share_least_confident(confidence: np.ndarray, errors_mm: np.ndarray, share: float = 0.1,
+                                gross_mm: float = 5.0) -> float:
+    """The share of landmarks beyond `gross_mm` that are among the `share` least confident (NaN if none)."""
+    scored = ~np.isnan(errors_mm)
+    confidence, errors = confidence[scored], errors_mm[scored]
+    gross = errors > gross_mm
+    if not gross.any():
+        return float("nan")
+    least = np.argsort(confidence, kind="stable")[:max(1, int(round(share * len(confidence))))]
+    return float(gross[least].sum() / gross.sum())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.clinic_exports", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="an exported model folder")
+    parser.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                        help="which images of each of the model's training data sets")
+    parser.add_argument("--transforms", nargs="+", choices=list(TRANSFORMS), default=list(TRANSFORMS),
+                        metavar="NAME", help=f"framings to score, of: {'; '.join(TRANSFORMS)}")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the model's second stage")
+    parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the landmarks on a plausible skull with the model's shape model")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        metadata = ModelMetadata.load(args.model)
+        config = TrainConfig.from_dict(metadata.training.get("config", {}))
+        datasets = load_sources(config.sources(), metadata.landmark_names)
+        detector = LandmarkDetector(args.model, device="cpu", refine=args.refine, shape_check=args.shape_check)
+    except (OSError, ValueError) as error:
+        print(f"error: {args.model}: {error}", file=sys.stderr)
+        return 1
+    splits = {d.name: list(range(len(d))) if args.split == "all" else
+              make_split(len(d), config.seed, config.val_fraction, config.test_fraction)[args.split] for d in datasets}
+    results = score_framings(detector, datasets, splits, args.transforms)
+    columns = ["framing", "MRE", "SD", *(f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM), "beyond_10mm",
+               "gross_among_least_confident"]
+    print(f"{args.model}, {args.split} split of {', '.join(d.name for d in datasets)} "
+          f"({sum(map(len, splits.values()))} images); shape check {'on' if args.shape_check else 'off'}, "
+          f"{'both stages' if detector.refinement else 'first stage'}:")
+    print(format_table([{"framing": name, **row} for name, row in results.items()], columns))
+    print("gross_among_least_confident: the share of errors beyond 5 mm among the 10 % least confident landmarks")
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
