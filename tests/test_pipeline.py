@@ -72,7 +72,8 @@ def test_a_run_writes_its_configuration_split_checkpoints_and_curves(run, synthe
         len(synthetic_dataset.images), config["seed"], config["val_fraction"], config["test_fraction"])}
     assert [row["epoch"] for row in run.first_history] == [1]
     assert "epoch 1: loss" in run.first.stdout and "val MRE (pooled)" in run.first.stdout
-    assert "(validation score" in run.first.stdout and "the mean of the per-data-set validation MREs" in run.first.stdout
+    assert "(validation score" in run.first.stdout
+    assert "the mean of the per-data-set validation MREs" in run.first.stdout
     assert np.isfinite(run.first_history[0]["train_loss"]) and np.isfinite(run.first_history[0]["val_MRE"])
 
 

@@ -138,7 +138,8 @@ def test_a_json_that_does_not_fit_the_input_is_refused_in_one_line(bright_pixel_
     assert code == 1 and stderr.strip().splitlines()[-1] == f"error: {truth}: point with z=5 outside 1..3"
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("keep")
-    code, _, stderr = view("--input", folder, "--landmarks", good, "--model", model_of_six, "--output", tmp_path / "taken")
+    code, _, stderr = view("--input", folder, "--landmarks", good, "--model", model_of_six,
+                           "--output", tmp_path / "taken")
     assert code == 1 and "--overwrite" in stderr and [p.name for p in (tmp_path / "taken").iterdir()] == ["mine.txt"]
 
 

@@ -196,7 +196,8 @@ def legend(marks: Marks, height: int) -> Image.Image:
     lines += [("", TEXT_COLOUR), ("o prediction, coloured by probability:", TEXT_COLOUR),
               ("   red 0, yellow 0.5, green 1", TEXT_COLOUR)]
     if marks.least_confident() is not None:
-        lines.append((f"wide ring, red number: least confident ({marks.least_confident() + 1})", LEAST_CONFIDENT_COLOUR))
+        lines.append((f"wide ring, red number: least confident ({marks.least_confident() + 1})",
+                      LEAST_CONFIDENT_COLOUR))
     if marks.truth is not None:
         lines.append(("+ ground truth, a line to the prediction", TRUTH_COLOUR))
     if marks.first_stage is not None:
