@@ -112,11 +112,17 @@ class HeatmapCodec:
         num_maps, height, width = heatmaps.shape
         reach = max(1, int(round(2 * self.sigma)))
         padded = np.pad(heatmaps, ((0, 0), (reach, reach), (reach, reach)), constant_values=-np.inf)
-        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1, axis=2).max(axis=-1)
-        local_max = np.lib.stride_tricks.sliding_window_view(windows, 2 * reach + 1, axis=1).max(axis=-1)
+        rows = padded[:, :, reach:reach + width].copy()  # the maximum over each pixel's row window, then column
+        for shift in range(2 * reach + 1):
+            np.maximum(rows, padded[:, :, shift:shift + width], out=rows)
+        local_max = rows[:, reach:reach + height].copy()
+        for shift in range(2 * reach + 1):
+            np.maximum(local_max, rows[:, shift:shift + height], out=local_max)
         values = np.where(heatmaps >= local_max, heatmaps, -np.inf).reshape(num_maps, -1)
         count = min(count, values.shape[1])
-        best = np.argsort(-values, axis=1, kind="stable")[:, :count]
+        best = np.argpartition(-values, count - 1, axis=1)[:, :count]
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(values, best, axis=1), axis=1, kind="stable"),
+                                  axis=1)
         scores = np.take_along_axis(values, best, axis=1)
         peak_y, peak_x = np.divmod(best.ravel(), width)
         maps = np.repeat(np.arange(num_maps), count)

@@ -21,6 +21,11 @@ from algorithm.codec import HeatmapCodec
 from algorithm.preprocessing import NORMALIZATIONS, normalize
 
 
+# Training centres each crop at most this share of its side from the ground truth (on each axis), so the
+# landmark is in the crop; a refinement that moves a landmark further is beyond anything it learned.
+MAX_CROP_OFFSET = 0.35
+
+
 @dataclass(frozen=True)
 class CropGeometry:
     """Where each of K crops lies in the original image: its (K, 2) centres and one scale."""
@@ -103,10 +108,13 @@ def refine_landmarks(content: np.ndarray, points_xy: np.ndarray, spec: CropSpec,
 
     `heatmaps_of` runs the refinement model: (K, size, size) crops to (K, K, h, w) heatmaps; crop k
     is decoded in its own landmark's channel k. The confidence is that map's probability mass near its
-    peak (`HeatmapCodec.confidence`).
+    peak (`HeatmapCodec.confidence`). A landmark the crop would move further than MAX_CROP_OFFSET of its side
+    keeps its first-stage position.
     """
     crops, geometry = spec.extract(content, points_xy)
     heatmaps = heatmaps_of(crops)
     own = heatmaps[np.arange(len(crops)), np.arange(len(crops))]
     crop_points, _ = codec.decode(own)
-    return geometry.to_original(crop_points), codec.confidence(own)
+    refined, confidence = geometry.to_original(crop_points), codec.confidence(own)
+    beyond = (np.abs(refined - geometry.centres) > MAX_CROP_OFFSET * geometry.scale * spec.size).any(axis=1)
+    return np.where(beyond[:, None], geometry.centres, refined), confidence

@@ -182,10 +182,12 @@ class LandmarkDetector:
     def keep_plausible(self, first: Detection, heatmaps: np.ndarray, geometry: ResizeGeometry) -> Detection:
         """Step 3b: a landmark that does not fit the others takes another peak of its heatmap that does, or the
         shape model's estimate with a low probability."""
-        candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+        def peaks() -> tuple[np.ndarray, np.ndarray]:
+            candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+            return geometry.to_original(candidates), scores
+
         try:
-            points, confidence, fit, reestimated = self.shape.correct(first.points, first.confidence,
-                                                                      geometry.to_original(candidates), scores)
+            points, confidence, fit, reestimated = self.shape.correct(first.points, first.confidence, peaks)
         except DegenerateShape as error:
             return replace(first, confidence=np.minimum(first.confidence, REESTIMATED_PROBABILITY),
                            notes=(f"the landmarks form no skull ({error}): probability <= {REESTIMATED_PROBABILITY}",))

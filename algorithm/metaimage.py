@@ -24,7 +24,7 @@ SimpleITK):
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,25 +184,31 @@ class MetaImageHeader:
             raise MetaImageError(f"truncated: {available} bytes of image data where the header needs {needed}")
         return start, needed
 
-    def images(self) -> Iterator[np.ndarray]:
-        """Each image in stack order, in native byte order, read or decompressed one at a time."""
+    def images(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
+        """The images at these increasing positions, in native byte order, one at a time: uncompressed ones
+        read at their offset, compressed ones by inflating the stream up to the last one asked for (whether
+        the stream ends right after the pixels is checked only when that is the stack's last image)."""
         start, stored = self.data_region()
         native = self.dtype.newbyteorder("=")
         count = int(np.prod(self.image_shape))
         if not self.compressed:
-            for index in range(self.depth):
+            for index in indices:  # no name keeps an image while the next is read
                 offset = start + index * self.image_bytes
-                image = np.fromfile(self.data_file, dtype=self.dtype, count=count, offset=offset)
-                yield image.reshape(self.image_shape).astype(native, copy=False)
+                yield np.fromfile(self.data_file, dtype=self.dtype, count=count,
+                                  offset=offset).reshape(self.image_shape).astype(native, copy=False)
             return
+        wanted, last = set(indices), max(indices, default=-1)
         with open(self.data_file, "rb") as handle:
             handle.seek(start)
             stream = _Inflater(handle, stored)
-            for _ in range(self.depth):
+            for index in range(last + 1):
                 image = np.empty(count, dtype=self.dtype)
                 stream.read_into(memoryview(image).cast("B"))
-                yield image.reshape(self.image_shape).astype(native, copy=False)
-            stream.check_ended()
+                if index in wanted:
+                    yield image.reshape(self.image_shape).astype(native, copy=False)
+                del image  # not kept while the next one is inflated
+            if last == self.depth - 1:
+                stream.check_ended()
 
 
 class _Inflater:
@@ -235,7 +241,7 @@ class _Inflater:
                 raise MetaImageError(f"compressed data ends after {self.produced} bytes, "
                                      "fewer than the header declares")
             data = self._next_input()
-            piece = self._inflate(data, len(target) - filled)
+            piece = self._inflate(data, min(len(target) - filled, READ_CHUNK_BYTES))
             if not piece and not data:
                 raise MetaImageError(f"compressed data is cut off after {self.produced} decompressed bytes")
             target[filled:filled + len(piece)] = piece

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,18 @@ def _sitk_information(path: Path) -> tuple[tuple[int, ...], int, np.dtype]:
     return tuple(reader.GetSize()), reader.GetNumberOfComponents(), dtype
 
 
+def _increasing_runs(indices: list[int]) -> Iterator[list[int]]:
+    """`indices` cut into runs that increase strictly: [4, 7, 2, 3, 3] gives [4, 7], [2, 3], [3]."""
+    run: list[int] = []
+    for index in indices:
+        if run and index <= run[-1]:
+            yield run
+            run = []
+        run.append(index)
+    if run:
+        yield run
+
+
 class ImageStack:
     """A file of one or more 2D images (a 3D stack or a single 2D image), read lazily."""
 
@@ -243,22 +255,33 @@ class ImageStack:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Each image as an (H, W) or (H, W, C) array in native byte order, in stack order."""
-        images = self._metaimage.images() if self._streamed else self._whole_file_images()
+        return self.read()
+
+    def read(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """The images at these positions (all by default), in the order asked, one at a time: each run of
+        increasing positions is one pass over the file, so no image waits in memory for its turn."""
+        wanted = list(range(self.depth)) if indices is None else [int(index) for index in indices]
+        outside = [index for index in wanted if not 0 <= index < self.depth]
+        if outside:
+            raise IndexError(f"{self.label}: no image at position {outside[0]} of a stack of {self.depth}")
         try:
-            for index, image in enumerate(images):
-                yield self._checked(index, image)
+            for run in _increasing_runs(wanted):
+                images = self._metaimage.images(run) if self._streamed else self._whole_file_images(run)
+                for index in run:  # no name keeps an image while the next is read
+                    yield self._checked(index, next(images))
+                next(images, None)  # to its end, where a compressed stream is checked
         except (ValueError, OSError, RuntimeError) as error:
             raise InputError(f"{self.label}: cannot read the image data ({describe(error)})") from None
 
-    def _whole_file_images(self) -> Iterator[np.ndarray]:
-        """The images of a file SimpleITK reads whole, each copied out so the volume is held only once."""
+    def _whole_file_images(self, indices: list[int]) -> Iterator[np.ndarray]:
+        """The chosen images of a file SimpleITK reads whole, each copied out so the volume is held only once."""
         self._check_stored_pixels()
         image = sitk.ReadImage(str(self.path))
         volume = sitk.GetArrayViewFromImage(image)
         if volume.ndim == (3 if self.components > 1 else 2):
             volume = volume[None]
-        for plane in volume:
-            yield plane.copy()
+        for index in indices:
+            yield volume[index].copy()
 
     def _check_stored_pixels(self) -> None:
         """Refuse what SimpleITK reads without a word: a broken gzip stream, too few pixel bytes."""

@@ -12,6 +12,7 @@ numbers (x + iy) here, so that a similarity is one complex factor and one offset
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -172,20 +173,23 @@ class ShapeModel:
         """A factor in (0, 1] for the confidence: near 1 well inside the spread, e^-2 at `outlier_z`."""
         return np.exp(-2 * (np.asarray(z) / self.outlier_z) ** 2)
 
-    def correct(self, points_xy: np.ndarray, confidence: np.ndarray, candidates_xy: np.ndarray,
-                candidate_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, ShapeFit, np.ndarray]:
+    def correct(self, points_xy: np.ndarray, confidence: np.ndarray,
+                peaks: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, ShapeFit,
+                                                                            np.ndarray]:
         """Keep one image's landmarks on a plausible skull.
 
-        (K, 2) decoded landmarks and (K,) confidences, with (K, C, 2) other heatmap peaks and their (K, C)
-        scores, to (K, 2) landmarks, (K,) confidences, the final fit and a (K,) mask of re-estimated ones.
-        A landmark that does not fit takes the best-scoring peak that does, else the shape's estimate.
-        Raises DegenerateShape where the landmarks form no shape at all.
+        (K, 2) decoded landmarks and (K,) confidences to (K, 2) landmarks, (K,) confidences, the final fit and
+        a (K,) mask of re-estimated ones. A landmark that does not fit takes the best-scoring of its heatmap's
+        other peaks that does, else the shape's estimate; `peaks()` gives them, (K, C, 2) image pixels and
+        (K, C) scores, and is called only when some landmark does not fit. Raises DegenerateShape where the
+        landmarks form no shape at all.
         """
         points = np.array(points_xy, dtype=np.float64)
         fit = self.fit(points)
         outliers = fit.z > self.outlier_z
         reestimated = np.zeros(len(points), dtype=bool)
         if outliers.any():
+            candidates_xy, candidate_scores = peaks()
             candidate_z = self.z_of(fit, candidates_xy.swapaxes(0, 1)).T  # (K, C)
             fitting = (candidate_z <= self.outlier_z) & np.isfinite(candidate_scores)
             for k in np.flatnonzero(outliers):

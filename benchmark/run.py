@@ -107,7 +107,7 @@ def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Pa
 def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
     """Write the stacks of the given sizes (synthetic_set is deterministic per seed, so N images
     are the first N of max(N))."""
-    from training.pack import pad_to_stack, write_stack
+    from training.pack import write_stack
     from training.synthetic import synthetic_set
 
     images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
@@ -115,7 +115,7 @@ def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
         folder = stack_root / f"n{count}"
         shutil.rmtree(folder, ignore_errors=True)
         partial = folder / "partial" / f"stack{count}.mha"
-        write_stack(pad_to_stack(images[:count]), partial, compress=False)
+        write_stack(partial, images[:count], count)
         (folder / "input").mkdir(parents=True)
         partial.rename(folder / "input" / partial.name)
         partial.parent.rmdir()

@@ -21,10 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # also when pytest is started without `python -m`
     sys.path.insert(0, str(REPO))
 
+from algorithm.metadata import ModelMetadata
 from algorithm.output import schema_errors
 from training.data import make_split
-from training.pack import pad_to_stack, write_stack
-from training.synthetic import synthetic_set
+from training.pack import write_stack
+from training.shape_model import build_shape_model, training_frame
+from training.synthetic import synthetic_landmarks, synthetic_set
 
 TINY_CONFIG = REPO / "training" / "configs" / "tiny.json"
 SMOKE_INPUT = REPO / "test" / "input" / "images" / "lateral-dental-x-rays"
@@ -91,7 +93,7 @@ def assert_valid_output(value: dict, num_images: int, num_landmarks: int) -> np.
 def save_stack(folder: Path, name: str, images: list[np.ndarray], height: int, width: int, **kwargs) -> Path:
     """The images zero-padded into a challenge-format (3 x uint8) stack `folder/name`."""
     path = Path(folder) / name
-    write_stack(pad_to_stack(images, height, width), path, **kwargs)
+    write_stack(path, images, len(images), height, width, **kwargs)
     return path
 
 
@@ -117,6 +119,42 @@ def untrained_model(tmp_path_factory) -> Path:
                         "--output", folder)
     assert result.returncode == 0, result.stderr
     return folder
+
+
+# the (height, width) of the synthetic skulls the full model's shape model is built from
+FULL_MODEL_FRAME = (400, 320)
+
+
+@pytest.fixture(scope="session")
+def full_model_dir(tmp_path_factory, untrained_model) -> Path:
+    """The untrained first stage, an untrained second stage and a shape model of synthetic skulls: every step."""
+    folder = tmp_path_factory.mktemp("full") / "model"
+    folder.mkdir()
+    for path in untrained_model.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = tmp_path_factory.mktemp("config") / "refine.json"
+    config.write_text(json.dumps({"stage": "refine", "first_stage": str(folder), "crop_fraction": 0.25,
+                                  "crop_size": 32, "width": 4, "depth": 3, "stride": 2, "sigma": 1.5}))
+    result = run_module("training.export", "--untrained", config, "--num-landmarks", UNTRAINED_LANDMARKS,
+                        "--output", folder, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    rng = np.random.default_rng(0)
+    shapes = np.stack([synthetic_landmarks(*FULL_MODEL_FRAME, UNTRAINED_LANDMARKS, rng) for _ in range(40)])
+    metadata = ModelMetadata.load(folder)
+    metadata.shape = build_shape_model(shapes)
+    metadata.shape.frame = training_frame(metadata.shape, shapes, np.tile(FULL_MODEL_FRAME[::-1], (40, 1)))
+    metadata.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def full_model(full_model_dir):
+    """The LandmarkDetector of `full_model_dir`."""
+    from algorithm.inference import LandmarkDetector
+
+    detector = LandmarkDetector(full_model_dir, device="cpu")
+    assert detector.refinement is not None and detector.shape is not None
+    return detector
 
 
 # five different images (each one's landmarks tell which image they came from), and their padding

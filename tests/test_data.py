@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import PACKED_HEIGHT, PACKED_WIDTH, pad_gray, run_module, save_image
 
+from algorithm.metaimage import READ_CHUNK_BYTES
+from algorithm.reader import ImageStack
 from training import pack
 from training.data import load_data, make_split, read_ground_truth
 from training.synthetic import synthetic_image
@@ -79,16 +82,99 @@ def test_pack_refuses_an_image_larger_than_the_stack(synthetic_dataset, tmp_path
     code = pack.main(["--images", str(synthetic_dataset.images_dir), "--annotations", str(synthetic_dataset.annotations),
                       "--output", str(tmp_path / "s.mha"), "--height", "190", "--width", "190"])
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: image 0 of 160 x 200 does not fit")
-    assert not (tmp_path / "s.mha").exists()
+    assert capsys.readouterr().err.startswith("error: case_01.png: 160 x 200 does not fit in 190 x 190")
+    assert list(tmp_path.iterdir()) == []  # neither the stack nor its partial file
 
 
-def test_pad_to_stack_refuses_values_that_do_not_fit_8_bits():
+def test_pad_image_refuses_values_that_do_not_fit_8_bits():
     wide = np.arange(12, dtype=np.uint16).reshape(3, 4) * 100  # up to 1100
     with pytest.raises(ValueError, match="0..1100"):
-        pack.pad_to_stack([wide], 3, 4)
+        pack.pad_image(wide, 3, 4)
     fits = np.arange(12, dtype=np.uint16).reshape(3, 4) * 20  # 16-bit storage, 8-bit values
-    np.testing.assert_array_equal(pack.pad_to_stack([fits], 4, 5)[0, :3, :4, 2], fits)
+    np.testing.assert_array_equal(pack.pad_image(fits, 4, 5)[:3, :4, 2], fits)
+
+
+STREAM_HEIGHT, STREAM_WIDTH = 50, 40
+
+
+@pytest.fixture(scope="module")
+def noise_images() -> list[np.ndarray]:
+    """Images of random bytes (SimpleITK's uninitialised buffer cannot pass for them), of several sizes."""
+    rng = np.random.default_rng(17)
+    return [rng.integers(0, 256, size, dtype=np.uint8) for size in [(50, 40), (31, 22), (1, 1), (48, 39)]]
+
+
+def in_memory_stack(images: list[np.ndarray]) -> np.ndarray:
+    """(N, H, W, 3): the stack as the old in-memory path built it, independently of training.pack."""
+    return np.repeat(pad_gray(images, STREAM_HEIGHT, STREAM_WIDTH)[..., None], 3, axis=3)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_streamed_stack_reads_back_as_the_in_memory_one(tmp_path, noise_images, compress):
+    streamed = tmp_path / "streamed.mha"
+    pack.write_stack(streamed, iter(noise_images), len(noise_images), STREAM_HEIGHT, STREAM_WIDTH, compress)
+    expected = in_memory_stack(noise_images)
+    whole = tmp_path / "whole.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(expected, isVector=True), str(whole), useCompression=compress)
+    if not compress:  # byte for byte what SimpleITK writes
+        assert streamed.read_bytes() == whole.read_bytes()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(streamed))), expected)
+    np.testing.assert_array_equal(np.stack(list(ImageStack(streamed))), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mha", "whole.mha"]
+
+
+def refused_images(images: list[np.ndarray]):
+    """The images, with one that cannot be packed (9 bits) after the first."""
+    yield images[0]
+    yield np.full((4, 4), 300, dtype=np.uint16)
+    yield from images[1:]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_refused_image_leaves_no_stack_and_keeps_an_older_one(tmp_path, noise_images, compress):
+    path = tmp_path / "s.mha"
+    path.write_bytes(b"the stack of an earlier run")
+    with pytest.raises(ValueError, match="^b.png: values 300..300 are outside"):
+        pack.write_stack(path, refused_images(noise_images), len(noise_images) + 1, STREAM_HEIGHT, STREAM_WIDTH,
+                         compress, names=["a.png", "b.png", "c.png", "d.png", "e.png"])
+    assert path.read_bytes() == b"the stack of an earlier run"
+    assert [p.name for p in tmp_path.iterdir()] == ["s.mha"]
+
+
+@pytest.mark.parametrize("declared", [3, 5])
+def test_a_stack_with_other_than_the_declared_count_is_not_written(tmp_path, noise_images, declared):
+    with pytest.raises(ValueError, match="declared"):
+        pack.write_stack(tmp_path / "s.mha", noise_images, declared, STREAM_HEIGHT, STREAM_WIDTH)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5], [4, 1, 2, 5], [3, 3, 0]])
+def test_reading_a_stack_never_holds_two_raw_images(tmp_path, compress, order):
+    """Peak traced memory while the images are read (each dropped before the next) is one image and the
+    reader's buffers (a chunk of compressed input and inflated pieces in flight, a few READ_CHUNK_BYTES):
+    holding every wanted image before yielding the first, as read_images once did, or the last image
+    while reading the next, takes at least two."""
+    height, width = 2000, 1500
+    images = [np.full((height, width), 10 + index, dtype=np.uint8) for index in range(6)]
+    stack = tmp_path / "s.mha"
+    pack.write_stack(stack, images, len(images), height, width, compress)
+    annotations = write_json(tmp_path / "gt.json", {"points": [point(1, 5, 5, z + 1) for z in range(6)]})
+    data = load_data(stack, annotations)
+    image_bytes = height * width * 3
+    seen = []
+    tracemalloc.start()
+    try:
+        for image in data.read_images(order):
+            seen.append(int(image[0, 0, 0]))
+            del image
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == [10 + index for index in order]
+    buffers = 4 * READ_CHUNK_BYTES
+    assert buffers < image_bytes  # so the bound below excludes a second image
+    assert peak < image_bytes + buffers, f"peak {peak / image_bytes:.2f} images"
 
 
 def write_json(path, value):

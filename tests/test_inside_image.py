@@ -6,48 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from algorithm.inference import CLAMPED_PROBABILITY, MIN_CONTENT_SIDE, LandmarkDetector
-from algorithm.metadata import ModelMetadata
-from training.shape_model import build_shape_model, training_frame
 from training.synthetic import synthetic_image, synthetic_landmarks
-from tests.conftest import UNTRAINED_LANDMARKS, run_module, save_stack
+from tests.conftest import UNTRAINED_LANDMARKS, save_stack
 
 SIZES = [(1, 1), (3, 3), (1, 40), (40, 1), (2, 9), (10, 10000), (63, 80), (64, 64), (100, 30), (127, 95),
          (128, 96), (129, 97), (500, 600), (600, 500), (1000, 1400), (2400, 1935)]
-
-
-@pytest.fixture(scope="module")
-def full_model_dir(tmp_path_factory, untrained_model) -> Path:
-    """The untrained first stage, an untrained second stage and a shape model of synthetic skulls: every step."""
-    folder = tmp_path_factory.mktemp("full") / "model"
-    folder.mkdir()
-    for path in untrained_model.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    config = tmp_path_factory.mktemp("config") / "refine.json"
-    config.write_text(json.dumps({"stage": "refine", "first_stage": str(folder), "crop_fraction": 0.25,
-                                  "crop_size": 32, "width": 4, "depth": 3, "stride": 2, "sigma": 1.5}))
-    result = run_module("training.export", "--untrained", config, "--num-landmarks", UNTRAINED_LANDMARKS,
-                        "--output", folder, "--overwrite")
-    assert result.returncode == 0, result.stderr
-    rng = np.random.default_rng(0)
-    shapes = np.stack([synthetic_landmarks(400, 320, UNTRAINED_LANDMARKS, rng) for _ in range(40)])
-    metadata = ModelMetadata.load(folder)
-    metadata.shape = build_shape_model(shapes)
-    metadata.shape.frame = training_frame(metadata.shape, shapes, np.tile([320, 400], (40, 1)))
-    metadata.save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def full_model(full_model_dir) -> LandmarkDetector:
-    detector = LandmarkDetector(full_model_dir, device="cpu")
-    assert detector.refinement is not None and detector.shape is not None
-    return detector
 
 
 def assert_inside(points: np.ndarray, height: int, width: int) -> None:
@@ -84,21 +52,25 @@ def test_a_padded_image_is_bounded_by_its_content_not_its_canvas(full_model):
 CORNERS = [(0, 0), (1, 0), (1, 1), (0, 1), (0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)]
 
 
+def peaked(session_shape: tuple[int, int], where: tuple[float, float]):
+    """A stand-in for a session's run: every map peaks at `where`, a share of the (height, width) map."""
+    def run(_outputs, feeds):
+        batch = next(iter(feeds.values())).shape[0]
+        height, width = session_shape
+        maps = np.full((batch, UNTRAINED_LANDMARKS, height, width), 1e-6, np.float32)
+        maps[:, :, round(where[1] * (height - 1)), round(where[0] * (width - 1))] = 1.0
+        return [maps / maps.sum(axis=(2, 3), keepdims=True)]
+    return run
+
+
 @pytest.mark.parametrize("corner", CORNERS)
 def test_peaks_at_each_edge_and_corner_are_clamped_and_trusted_less(full_model, corner, monkeypatch):
-    """Both stages' heatmaps peak at the same corner of their input: the crops, centred on the image's edge,
-    then put the landmarks outside it, and they must come back to the edge with a lower probability."""
-    def peaked(session_shape):
-        def run(_outputs, feeds):
-            batch = next(iter(feeds.values())).shape[0]
-            height, width = session_shape
-            maps = np.full((batch, UNTRAINED_LANDMARKS, height, width), 1e-6, np.float32)
-            maps[:, :, round(corner[1] * (height - 1)), round(corner[0] * (width - 1))] = 1.0
-            return [maps / maps.sum(axis=(2, 3), keepdims=True)]
-        return run
-
-    monkeypatch.setattr(full_model.session, "run", peaked(full_model.codec.heatmap_shape))
-    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape))
+    """The first stage's heatmaps peak at a corner or edge of the image, the second stage's 30 % of a crop
+    side further out (within what it learned to move): the landmarks fall outside the image and must come
+    back to its edge with a lower probability."""
+    outwards = tuple(0.5 + 0.6 * (share - 0.5) for share in corner)  # 0.3 of the side from the centre
+    monkeypatch.setattr(full_model.session, "run", peaked(full_model.codec.heatmap_shape, corner))
+    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape, outwards))
     height, width = 400, 320
     image = synthetic_image(height, width, synthetic_landmarks(height, width, 5, np.random.default_rng(2)),
                             np.random.default_rng(3))
@@ -124,3 +96,16 @@ def test_the_container_warns_about_an_empty_image_in_a_stack(full_model_dir, tmp
     second = [p for p in points if p["point"][2] == 2]
     assert len(second) == UNTRAINED_LANDMARKS and all(p["probability"] == 0 for p in second)
     assert all(0 <= p["point"][0] <= 239 and 0 <= p["point"][1] <= 299 for p in points)
+
+
+def test_a_refinement_beyond_what_it_learned_keeps_the_first_landmark(full_model, monkeypatch):
+    """A second stage that moves every landmark to its crop's corner (half a side away, beyond the 35 % that
+    training offsets a crop by) is overruled: the first stage's landmarks are written."""
+    height, width = 400, 320
+    image = synthetic_image(height, width, synthetic_landmarks(height, width, 5, np.random.default_rng(5)),
+                            np.random.default_rng(6))
+    monkeypatch.setattr(full_model.refine_session, "run", peaked(full_model.refine_codec.heatmap_shape, (1, 1)))
+    refined = next(full_model.predict([image]))
+    monkeypatch.setattr(full_model, "refinement", None)
+    first = next(full_model.predict([image]))
+    np.testing.assert_allclose(refined.points, first.points)

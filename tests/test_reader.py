@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,29 @@ def test_the_content_hash_changes_with_the_bytes_only(tmp_path, images):
     third = save_stack(tmp_path, "c.mha", images[::-1], HEIGHT, WIDTH)
     assert ImageStack(first).content_hash() == ImageStack(second).content_hash()
     assert ImageStack(first).content_hash() != ImageStack(third).content_hash()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_stack_gives_the_images_asked_for_in_the_order_asked(tmp_path, images, compress):
+    stack = ImageStack(save_stack(tmp_path, "s.mha", images, HEIGHT, WIDTH, compress=compress))
+    expected = padded_gray(images)
+    for order in ([2, 0, 1], [1, 1], [2], [], [0, 1, 2]):
+        read = list(stack.read(order))
+        assert len(read) == len(order)
+        for image, index in zip(read, order):
+            np.testing.assert_array_equal(image[..., 0], expected[index])
+    with pytest.raises(IndexError, match="s.mha: no image at position 3 of a stack of 3"):
+        list(stack.read([0, 3]))
+
+
+def test_a_compressed_stream_with_more_than_declared_is_refused_only_when_read_to_its_end(tmp_path, images):
+    """Reading a subset stops inflating after the last image asked for; the whole stack is still checked."""
+    path = save_stack(tmp_path, "s.mha", images, HEIGHT, WIDTH, compress=True)
+    header = path.read_bytes().split(b"ElementDataFile = LOCAL\n")[0]
+    data = zlib.compress(np.repeat(padded_gray(images)[..., None], 3, axis=3).tobytes() + b"extra")
+    size = next(line for line in header.split(b"\n") if line.startswith(b"CompressedDataSize"))
+    path.write_bytes(header.replace(size, b"CompressedDataSize = %d" % len(data)) + b"ElementDataFile = LOCAL\n" + data)
+    stack = ImageStack(path)
+    assert len(list(stack.read([0, 1]))) == 2
+    with pytest.raises(InputError, match="holds more than the header declares"):
+        list(stack)

@@ -9,6 +9,8 @@ from algorithm.codec import HeatmapCodec
 from algorithm.metadata import ModelMetadata
 from algorithm.shape import REESTIMATED_PROBABILITY, ShapeModel, to_complex, to_xy
 from training.shape_model import build_shape_model, detection_spread, procrustes
+from training.synthetic import synthetic_image, synthetic_landmarks
+from tests.conftest import FULL_MODEL_FRAME, UNTRAINED_LANDMARKS
 
 NUM_LANDMARKS = 12
 TEMPLATE = np.random.default_rng(11).uniform(100, 900, size=(NUM_LANDMARKS, 2))
@@ -44,14 +46,15 @@ def test_procrustes_removes_position_turn_and_size():
 
 def test_new_skulls_fit_and_a_landmark_on_another_structure_does_not(model):
     rng = np.random.default_rng(2)
-    worst_inlier, caught = 0.0, 0
+    flagged_inliers, caught = 0, 0
     for _ in range(50):
         points = skull(rng)
-        worst_inlier = max(worst_inlier, float(model.fit(points).z.max()))
+        flagged_inliers += int((model.fit(points).z > model.outlier_z).sum())
         k = rng.integers(NUM_LANDMARKS)
         points[k] += rng.choice([-1, 1], 2) * rng.uniform(150, 300, 2)  # far off, e.g. on a ruler
-        caught += int(np.argmax(model.fit(points).z) == k and model.fit(points).z[k] > model.outlier_z)
-    assert worst_inlier < model.outlier_z
+        z = model.fit(points).z
+        caught += int(np.argmax(z) == k and z[k] > model.outlier_z)
+    assert flagged_inliers <= 2  # of 600 landmarks: 4 spreads of a Gaussian is a rare excess
     assert caught == 50
 
 
@@ -70,14 +73,14 @@ def test_correct_takes_the_other_peak_that_fits_or_else_the_estimate(model):
     scores = np.tile([0.5, 0.2, 0.1], (NUM_LANDMARKS, 1))
     candidates[2, 1] = truth[2] + [3, -2]  # landmark 2's heatmap also peaks on the right structure
     confidence = np.full(NUM_LANDMARKS, 0.9)
-    points, corrected, _, reestimated = model.correct(decoded, confidence, candidates, scores)
+    points, corrected, _, reestimated = model.correct(decoded, confidence, lambda: (candidates, scores))
     np.testing.assert_allclose(points[2], truth[2] + [3, -2])
     assert not reestimated[2] and reestimated[5]
     assert np.linalg.norm(points[5] - truth[5]) < 40  # the shape's estimate: near, not exact
     assert corrected[5] <= REESTIMATED_PROBABILITY < corrected[2]
     untouched = np.setdiff1d(np.arange(NUM_LANDMARKS), [2, 5])
     np.testing.assert_array_equal(points[untouched], decoded[untouched])
-    assert (corrected[untouched] > 0.5).all()
+    assert (corrected[untouched] > 0.3).all()  # lowered only as far as each fits less well than usual
 
 
 def test_candidates_are_the_heatmap_peaks_strongest_first():
@@ -113,3 +116,42 @@ def test_the_metadata_keeps_the_shape_model_and_refuses_a_mismatched_one(model, 
     np.testing.assert_allclose(loaded.shape.fit(points).z, model.fit(points).z)
     with pytest.raises(ValueError, match="12 landmarks"):
         ModelMetadata(landmark_names=["a", "b", "c"], codec=HeatmapCodec(128, 96, 2, 1.5), shape=model)
+
+
+def test_the_detector_takes_the_weaker_peak_on_the_right_structure(full_model, monkeypatch):
+    """Landmark 3's heatmap peaks hardest on another structure and more weakly on its own: the container must
+    write the weaker one, with the shape check, and the stronger one without it."""
+    height, width = FULL_MODEL_FRAME
+    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(9))
+    image = synthetic_image(height, width, truth, np.random.default_rng(10))
+    geometry = full_model.prepare(image)[1]
+    wrong = np.array([0.95 * width, 0.05 * height])  # a ruler's corner, far from every landmark
+    codec = full_model.codec
+
+    def heatmaps(_outputs, feeds):
+        maps = codec.encode(geometry.to_model(truth))[0]
+        maps[3] = 0.4 * maps[3] + codec.encode(geometry.to_model(wrong[None]))[0][0]
+        maps = maps + 1e-6
+        return [(maps / maps.sum(axis=(1, 2), keepdims=True))[None]]
+
+    monkeypatch.setattr(full_model.session, "run", heatmaps)
+    monkeypatch.setattr(full_model, "refinement", None)  # the first stage's choice, unrefined
+    checked = next(full_model.predict([image]))
+    monkeypatch.setattr(full_model, "shape", None)
+    unchecked = next(full_model.predict([image]))
+    pixel = geometry.scale_xy.max() * codec.stride
+    assert np.linalg.norm(unchecked.points[3] - wrong) < pixel
+    assert np.linalg.norm(checked.points[3] - truth[3]) < pixel
+    np.testing.assert_allclose(np.delete(checked.points, 3, 0), np.delete(unchecked.points, 3, 0))
+    assert checked.confidence[3] < unchecked.confidence[3]
+
+
+def test_a_skull_that_fits_is_left_alone_without_looking_for_other_peaks(model):
+    truth = skull(np.random.default_rng(12))
+
+    def no_peaks():
+        raise AssertionError("other peaks were looked for, though every landmark fits")
+
+    points, _, _, reestimated = model.correct(truth, np.full(NUM_LANDMARKS, 0.9), no_peaks)
+    np.testing.assert_array_equal(points, truth)
+    assert not reestimated.any()

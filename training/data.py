@@ -7,7 +7,9 @@ coordinates with NaN where a landmark is missing, and each image's mm per pixel.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +32,12 @@ class LandmarkData:
     def __len__(self) -> int:
         return len(self.landmarks)
 
-    def read_images(self, indices: list[int] | None = None):
-        """Yield the images (as arrays) with the given indices, in order, one at a time."""
+    def read_images(self, indices: list[int] | None = None) -> Iterator[np.ndarray]:
+        """Yield the images (as arrays) with the given indices, in the order given, one at a time: a stack
+        is read image by image (`ImageStack.read`), so no more than one raw image is held here."""
         wanted = range(len(self)) if indices is None else indices
         if isinstance(self.images, ImageStack):
-            wanted_set = set(wanted)
-            by_index = {i: image for i, image in enumerate(self.images) if i in wanted_set}
-            yield from (by_index[i] for i in wanted)
+            yield from self.images.read(wanted)
         else:
             for i in wanted:
                 yield sitk.GetArrayFromImage(sitk.ReadImage(str(self.images[i])))
@@ -142,10 +143,11 @@ class PreparedData:
 
 def prepare_data(data: LandmarkData, indices: list[int], input_height: int, input_width: int,
                  normalization: str) -> PreparedData:
-    """Run the container's own preprocessing on the chosen images."""
+    """Run the container's own preprocessing on the chosen images, keeping only each one's model input."""
     inputs, points, geometries = [], [], []
-    for index, image in zip(indices, data.read_images(indices)):
-        model_input, geometry = prepare(image, input_height, input_width, normalization)
+    prepared = map(partial(prepare, input_height=input_height, input_width=input_width, normalization=normalization),
+                   data.read_images(indices))  # map, unlike a loop, keeps no raw image while reading the next
+    for index, (model_input, geometry) in zip(indices, prepared):
         inputs.append(model_input)
         points.append(geometry.to_model(data.landmarks[index]))
         geometries.append(geometry)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from algorithm import process
-from training.pack import pad_to_stack, write_stack
+from training.pack import write_stack
 from training.synthetic import SCANNER_CONTENT_SIZES, synthetic_set
 
 TEST_DIR = Path(__file__).resolve().parent.parent / "test"
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.keep_stack:
         images, _ = synthetic_set(2, 19, seed=2023, sizes=SCANNER_CONTENT_SIZES)
-        write_stack(pad_to_stack(images), INPUT_DIR / STACK_NAME, compress=True)
+        write_stack(INPUT_DIR / STACK_NAME, images, len(images), compress=True)
     return process.main(["--input", str(INPUT_DIR), "--output", str(TEST_DIR / "expected_output.json"),
                          "--device", "cpu"])
 

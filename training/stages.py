@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from algorithm.crops import refine_landmarks
+from algorithm.crops import MAX_CROP_OFFSET, refine_landmarks
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.preprocessing import strip_padding
@@ -25,8 +25,6 @@ from training.metrics import radial_errors_mm, summarize
 from training.model import SpatialSoftmax
 from training.validation import ValidationSet, predict_with_torch, to_original
 
-# A jittered crop centre stays this share of the crop side from the ground truth, so the landmark is in the crop.
-MAX_JITTER = 0.35
 
 
 class DetectStage:
@@ -61,10 +59,16 @@ class FullResolution:
 
 
 def read_contents(data: LandmarkData, indices: list[int], what: str, progress: bool = True) -> list[np.ndarray]:
-    """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes go)."""
+    """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes and the
+    padding go; map, unlike a comprehension, keeps no raw image while reading the next)."""
     images = tqdm(data.read_images(indices), total=len(indices), disable=not progress, leave=False,
                   desc=f"{data.name}: reading the {what} images at full resolution")
-    return [np.ascontiguousarray(strip_padding(image)) for image in images]
+    return list(map(unpadded_copy, images))
+
+
+def unpadded_copy(image: np.ndarray) -> np.ndarray:
+    """An image's un-padded grayscale content as an array of its own, which does not keep the raw image."""
+    return np.array(strip_padding(image))
 
 
 def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int], what: str,
@@ -104,7 +108,7 @@ class RefineStage:
                 annotated = truth[np.isfinite(truth).all(axis=1)]
                 side = self.spec.fraction * content.shape[0]
                 jitter = np.clip(rng.normal(0, self.config.crop_jitter * side, annotated.shape),
-                                 -MAX_JITTER * side, MAX_JITTER * side)
+                                 -MAX_CROP_OFFSET * side, MAX_CROP_OFFSET * side)
                 image_crops, geometry = self.spec.extract(content, annotated + jitter)
                 crops.append(image_crops)
                 points.append(geometry.every_landmark_in_every_crop(truth))
