@@ -119,6 +119,30 @@ def test_resume_without_a_run_says_so(tmp_path):
     assert result.returncode == 2 and f"no checkpoint in {tmp_path / 'empty'}" in result.stderr
 
 
+def test_an_output_that_holds_a_run_is_refused_unless_resume_or_overwrite_says_how(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "best.pt").write_bytes(b"two hours of training")
+    result = run_module("training.train", "--data", tmp_path / "images", tmp_path / "gt.json", "--output", run)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        f"error: {run} holds a run (config.json, best.pt): add --resume to continue it or --overwrite to start "
+        "again, or choose another --output")
+    assert (run / "best.pt").read_bytes() == b"two hours of training"
+    both = run_module("training.train", "--output", run, "--resume", "--overwrite")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_evaluate_help_gives_each_default_once():
+    result = run_module("training.evaluate", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "(default: None)" not in text and ") (default: " not in text
+    model_help = text[text.index("--model MODEL"):text.index("--checkpoint CHECKPOINT a torch")]
+    assert model_help.count("default") == 1 and "algorithm/model" in model_help
+
+
 def test_a_wrong_data_path_is_one_line_and_leaves_no_output_folder(tmp_path):
     result = run_module("training.train", "--data", tmp_path / "missing", tmp_path / "gt.json",
                         "--output", tmp_path / "run")

@@ -5,6 +5,7 @@ run the container on a packed stack."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,7 +71,25 @@ def test_a_run_writes_its_configuration_split_checkpoints_and_curves(run, synthe
     assert split == {source_name(synthetic_dataset.images_dir): make_split(
         len(synthetic_dataset.images), config["seed"], config["val_fraction"], config["test_fraction"])}
     assert [row["epoch"] for row in run.first_history] == [1]
+    assert "epoch 1: loss" in run.first.stdout and "val MRE (pooled)" in run.first.stdout
+    assert "(validation score" in run.first.stdout
+    assert "the mean of the per-data-set validation MREs" in run.first.stdout
     assert np.isfinite(run.first_history[0]["train_loss"]) and np.isfinite(run.first_history[0]["val_MRE"])
+
+
+def test_a_run_is_started_again_only_with_overwrite(run, synthetic_dataset, tmp_path):
+    directory = tmp_path / "again"
+    shutil.copytree(run.directory, directory)
+    before = (directory / "last.pt").read_bytes()
+    refused = run_module("training.train", *train_args(synthetic_dataset, directory))
+    assert refused.returncode == 2 and "add --resume to continue it or --overwrite to start again" in refused.stderr
+    assert (directory / "last.pt").read_bytes() == before
+    again = run_module("training.train", *train_args(synthetic_dataset, directory, "--overwrite",
+                                                      "--max-epochs-this-run", 1))
+    assert again.returncode == 0, again.stderr
+    assert f"--overwrite: removed {directory / 'last.pt'}" in again.stdout
+    assert [row["epoch"] for row in history(directory)] == [1]
+    assert checkpoint_state(directory / "last.pt")["state"]["epoch"] == 1
 
 
 def test_resume_continues_at_the_next_epoch(run):
@@ -151,6 +170,7 @@ def test_evaluating_the_checkpoint_reproduces_its_validation_score(run, checkpoi
     result = metrics(checkpoint_evaluation)
     val = json.loads((run.directory / "split.json").read_text())[source_name(synthetic_dataset.images_dir)]["val"]
     assert result["split"] == "val" and result["num_images"] == len(val)
+    assert {"AUROC", "MRE_least_confident", "mean_confidence"} <= set(result["confidence"])  # as for --model
     # the landmark missing from the ground truth (in a validation image) is not scored
     assert synthetic_dataset.missing[0] in val
     assert result["summary"]["count"] == len(val) * DATASET_LANDMARKS - 1
@@ -168,6 +188,8 @@ def exported_model(run, packed_dataset, tmp_path_factory) -> Path:
     result = run_module("training.export", "--checkpoint", run.directory / "best.pt", "--output", folder,
                         "--compare-input", packed_dataset.stack)
     assert result.returncode == 0, result.stderr
+    assert "check passed: against torch, the heatmaps differ by at most" in result.stdout
+    assert f"next: python -m training.evaluate --model {folder}" in result.stdout
     return folder
 
 

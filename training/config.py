@@ -15,6 +15,9 @@ from training.augment import AugmentConfig
 from training.model import UNet
 
 SELECTIONS = ("source_mean", "pooled")
+# what the validation score that picks best.pt is, by --selection (the epoch line and the summary say it)
+SELECTION_SCORES = {"source_mean": "the mean of the per-data-set validation MREs",
+                    "pooled": "the validation MRE pooled over all landmarks"}
 STAGE_NAMES = ("detect", "refine")
 
 

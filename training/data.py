@@ -113,17 +113,23 @@ def load_sources(sources: list[tuple[str, str]], landmark_names: list[str] | Non
     names = landmark_names or max((d.landmark_names for d in datasets), key=len)
     seen: dict[str, int] = {}
     for data, (_, ground_truth) in zip(datasets, sources):
-        own = data.landmark_names
-        if len(own) > len(names) or ([n.lower() for n in own] != [n.lower() for n in names[:len(own)]]
-                                     and not all(n.isdigit() for n in own)):
-            raise ValueError(f"{ground_truth}: landmarks {own[:3]}... do not match {names[:3]}... of the other data sets")
-        missing = len(names) - data.landmarks.shape[1]
-        data.landmarks = np.concatenate([data.landmarks, np.full((len(data), missing, 2), np.nan)], axis=1)
+        data.landmarks = fit_landmarks(data.landmarks, data.landmark_names, names,
+                                       f"{ground_truth}: landmarks", "of the other data sets")
         data.landmark_names = list(names)
         seen[data.name] = seen.get(data.name, 0) + 1
         if seen[data.name] > 1:
             data.name = f"{data.name}-{seen[data.name]}"
     return datasets
+
+
+def fit_landmarks(landmarks: np.ndarray, own: list[str], names: list[str], what: str, whose: str) -> np.ndarray:
+    """(N, k, 2) landmarks named `own` as (N, K, 2) landmarks of the list `names`, NaN for the ones not annotated;
+    refused (naming `what` and `whose` list) when `own` is not the start of `names` (numbers alone always are)."""
+    if len(own) > len(names) or ([n.lower() for n in own] != [n.lower() for n in names[:len(own)]]
+                                 and not all(n.isdigit() for n in own)):
+        raise ValueError(f"{what} {own[:3]}... do not match {names[:3]}... {whose}")
+    missing = len(names) - landmarks.shape[1]
+    return np.concatenate([landmarks, np.full((len(landmarks), missing, 2), np.nan)], axis=1)
 
 
 @dataclass

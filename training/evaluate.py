@@ -13,10 +13,12 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from algorithm.codec import DECODERS
 from algorithm.inference import LandmarkDetector
@@ -26,7 +28,8 @@ from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
                               radial_errors_mm, summarize)
-from training.plots import image_label, plot_error_cdf, plot_overlays
+from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
+from training.plots import image_label, plot_error_cdf
 from training.stages import first_stage_inputs, predict_refined
 from training.validation import ValidationSet, predict_with_torch, to_original
 
@@ -34,25 +37,107 @@ SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
 SPLITS = ("auto", "train", "val", "test", "all")
 
 
+@dataclass
+class Predictions:
+    """A set's (N, K, 2) original-pixel landmarks, their (N, K) confidences and, for two stages, the first's."""
+
+    points: np.ndarray
+    confidence: np.ndarray
+    first_stage: np.ndarray | None = None
+
+
 def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: LandmarkData,
-                            indices: list[int]) -> np.ndarray:
-    """(N, K, 2) original-pixel predictions of a torch model, decoded as the container decodes; a second-stage
-    checkpoint refines its exported first stage's landmarks."""
+                            indices: list[int]) -> Predictions:
+    """A torch model's landmarks, decoded as the container decodes; a second-stage checkpoint refines its
+    exported first stage's landmarks."""
     if config.stage == "refine":
         first = LandmarkDetector(config.first_stage, device="cpu", refine=False)
-        val_set = ValidationSet(data, indices, first_stage_inputs(first, data, indices))
-        return predict_refined(config, model, val_set, torch.device("cpu"))
+        val_set = ValidationSet(data, indices, first_stage_inputs(first, data, indices, "evaluated"))
+        return Predictions(*predict_refined(config, model, val_set, torch.device("cpu")), val_set.inputs.centres)
     codec = config.codec()
     prepared = prepare_data(data, indices, codec.input_height, codec.input_width, config.normalization)
-    return to_original(prepared, predict_with_torch(model, codec, prepared.inputs, torch.device("cpu"), 4))
+    points, confidence = predict_with_torch(model, codec, prepared.inputs, torch.device("cpu"), 4)
+    return Predictions(to_original(prepared, points), confidence)
 
 
 def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None,
-                      refine: bool, shape_check: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K, 2) original-pixel predictions and (N, K) confidences through the container's inference path."""
-    detector = LandmarkDetector(model_dir, device="cpu", decoder=decoder, refine=refine, shape_check=shape_check)
-    detections = list(detector.predict(data.read_images(indices)))
-    return np.stack([d.points for d in detections]), np.stack([d.confidence for d in detections])
+                      refine: bool, shape_check: bool) -> Predictions:
+    """The container's inference path (`LandmarkDetector.predict`); for two stages, also the first stage alone
+    (what --no-refine writes), to draw beside the refined landmarks."""
+    options = dict(device="cpu", decoder=decoder, shape_check=shape_check)
+    detector = LandmarkDetector(model_dir, refine=refine, **options)
+    first_stage = LandmarkDetector(model_dir, refine=False, **options) if detector.refinement else None
+    final, first = [], []
+    for image in tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: inference", leave=False):
+        final.append(next(detector.predict([image])))
+        if first_stage is not None:
+            first.append(next(first_stage.predict([image])).points)
+    return Predictions(np.stack([d.points for d in final]), np.stack([d.confidence for d in final]),
+                       np.stack(first) if first else None)
+
+
+def draw_overlays(data: LandmarkData, indices: list[int], predictions: Predictions, errors_mm: np.ndarray,
+                  folder: Path, count: int) -> None:
+    """The `count` images with the largest MRE, drawn whole with a zoomed tile per landmark."""
+    folder.mkdir(parents=True, exist_ok=True)
+    worst = np.argsort(-np.nanmean(errors_mm, axis=1))[:count]
+    for position, image in zip(worst, data.read_images([indices[p] for p in worst])):
+        index = indices[position]
+        marks = Marks(data.landmark_names, predictions.points[position], predictions.confidence[position],
+                      data.landmarks[index], None if predictions.first_stage is None else
+                      predictions.first_stage[position], float(data.spacing[index]))
+        label = image_label(data, index)
+        title = f"{data.name} {label}: MRE {np.nanmean(errors_mm[position]):.2f} mm"
+        render(display_gray(image, marks), marks, title, PICTURE_HEIGHT).save(
+            folder / f"{data.name}_{Path(label).stem.replace(' ', '-')}.png", compress_level=PNG_COMPRESSION)
+
+
+def set_result(images: Path | str, annotations: Path | str, split: str, errors: np.ndarray, names: list[str],
+               confidence: np.ndarray | None) -> dict:
+    """One data set's entry of metrics.json: where it came from, its summary, per landmark and confidence."""
+    result = {"images": str(images), "annotations": str(annotations), "split": split, "num_images": len(errors),
+              "summary": summarize(errors), "per_landmark": per_landmark(errors, names)}
+    if confidence is not None:
+        result["confidence"] = confidence_report(confidence, errors)
+    return result
+
+
+def pooled_result(source: str, stages: str, results: dict, errors: list[np.ndarray],
+                  confidences: list[np.ndarray | None], names: list[str]) -> dict:
+    """metrics.json: every data set's entry and the figures pooled over all of them."""
+    pooled = np.concatenate(errors)
+    splits = {r["split"] for r in results.values()}
+    result = {"source": source, "split": splits.pop() if len(splits) == 1 else "mixed", "stages": stages,
+              "num_images": len(pooled), "summary": summarize(pooled), "per_landmark": per_landmark(pooled, names),
+              "data_sets": results}
+    if all(c is not None for c in confidences):
+        result["confidence"] = confidence_report(np.concatenate(confidences), pooled)
+    return result
+
+
+def write_results(output: Path, result: dict, errors: dict[str, np.ndarray], per_image: list, names: list[str]) -> None:
+    """metrics.json, per_landmark.md, per_image.csv and error_cdf.png."""
+    (output / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "per_landmark.md").write_text(format_table(result["per_landmark"], ["landmark"] + SUMMARY_COLUMNS) + "\n")
+    write_per_image(per_image, names, output / "per_image.csv")
+    plot_error_cdf(errors, output / "error_cdf.png")
+
+
+def print_report(result: dict) -> None:
+    """The metrics table per data set (and pooled), per landmark, and how well the confidences rank errors."""
+    results = result["data_sets"]
+    rows = [{"data set": f"{name} ({r['split']}, {r['num_images']} images)", **r["summary"]}
+            for name, r in results.items()]
+    if len(results) > 1:
+        rows.append({"data set": f"pooled ({result['num_images']} images)", **result["summary"]})
+    print(f"{result['source']} ({result['stages']}):")
+    print(format_table(rows, ["data set"] + SUMMARY_COLUMNS))
+    print(f"per landmark (pooled):\n{format_table(result['per_landmark'], ['landmark'] + SUMMARY_COLUMNS)}")
+    for name, report in [*((n, r["confidence"]) for n, r in results.items() if "confidence" in r),
+                         *([("pooled", result["confidence"])] if len(results) > 1 and "confidence" in result else [])]:
+        print(f"confidence, {name}: AUROC {report['AUROC']:.3f} for errors above {report['threshold_mm']:g} mm; "
+              f"MRE {report['MRE_least_confident']:.2f} mm for the {100 * report['least_confident_share']:.0f} % "
+              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest")
 
 
 def write_per_image(rows: list[tuple[str, str, np.ndarray]], names: list[str], path: Path) -> None:
@@ -73,10 +158,10 @@ def new_output_folder(base: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, help=f"an exported model folder (default: {DEFAULT_MODEL_DIR})")
+    source.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="an exported model folder (default: %(default)s)")
     source.add_argument("--checkpoint", type=Path, help="a torch checkpoint (best.pt / last.pt)")
     parser.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "ANNOTATIONS"),
                         help="a data set to score (repeatable); default: the model's training data sets")
@@ -84,16 +169,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--annotations", type=Path, help="its ground-truth JSON")
     parser.add_argument("--split", choices=SPLITS, default="auto",
                         help="which images of each data set: a part of the seeded split, or all; auto: the test "
-                        "split of a data set the model trained on, all images of any other")
+                        "split of a data set the model trained on, all images of any other (default: auto)")
     parser.add_argument("--output", type=Path,
                         help="results folder (default: a new runs/evaluation/NNN); an existing one needs --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing --output folder")
     parser.add_argument("--decoder", choices=DECODERS, help="with --model: heatmap decoding (default: the metadata's)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                        help="with --model: run its second stage, if it has one (--no-refine: the first stage alone)")
+                        help="with --model: run its second stage, if it has one (--no-refine: the first stage alone; "
+                        "default: --refine)")
     parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
-                        help="with --model: keep the landmarks on a plausible skull with its shape model, if it has one")
-    parser.add_argument("--overlays", type=int, default=6, help="overlays of the worst images, per data set")
+                        help="with --model: keep the landmarks on a plausible skull with its shape model, if it has "
+                        "one (default: --shape-check)")
+    parser.add_argument("--overlays", type=int, default=6,
+                        help="pictures of the worst images per data set, each landmark zoomed, the first stage's "
+                        "point beside the refined one for two stages (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -106,15 +195,21 @@ def split_indices(data: LandmarkData, split: str, config: TrainConfig, trained_o
     return split, make_split(len(data), config.seed, config.val_fraction, config.test_fraction)[split]
 
 
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module | None, TrainConfig, list[str], bool]:
+    """The checkpoint's model (None for an exported model), its configuration, landmark names and whether
+    both stages run."""
+    if args.checkpoint:
+        model, config, names, _ = load_checkpoint(args.checkpoint)
+        return model, config, names, config.stage == "refine"
+    metadata = ModelMetadata.load(args.model)
+    config = TrainConfig.from_dict(metadata.training.get("config", {}))
+    return None, config, metadata.landmark_names, bool(args.refine and metadata.refinement)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.checkpoint:
-            model, config, names, _ = load_checkpoint(args.checkpoint)
-        else:
-            args.model = args.model or DEFAULT_MODEL_DIR
-            metadata = ModelMetadata.load(args.model)
-            config, names = TrainConfig.from_dict(metadata.training.get("config", {})), metadata.landmark_names
+        model, config, names, two_stages = load_model(args)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {args.checkpoint or args.model}: cannot load the model ({error})", file=sys.stderr)
         return 1
@@ -136,56 +231,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     trained_on = {source_name(Path(images)) for images, _ in config.sources()}
-    two_stages = config.stage == "refine" if args.checkpoint else bool(args.refine and metadata.refinement)
-    stages = "first stage and refinement" if two_stages else "first stage"
-    model_name = str(args.checkpoint or args.model)
     output.mkdir(parents=True, exist_ok=True)
     results, all_errors, all_confidences, per_image = {}, [], [], []
     for data, (images, ground_truth) in zip(datasets, sources):
         split, indices = split_indices(data, args.split, config, trained_on)
-        if args.checkpoint:
-            predicted, confidence = predict_with_checkpoint(model, config, data, indices), None
-        else:
-            predicted, confidence = predict_with_onnx(args.model, data, indices, args.decoder, args.refine,
-                                                      args.shape_check)
-            all_confidences.append(confidence)
-        errors = radial_errors_mm(predicted, data.landmarks[indices], data.spacing[indices])
-        all_errors.append(errors)
+        predictions = (predict_with_checkpoint(model, config, data, indices) if args.checkpoint else
+                       predict_with_onnx(args.model, data, indices, args.decoder, args.refine,
+                                         args.shape_check))
+        errors = radial_errors_mm(predictions.points, data.landmarks[indices], data.spacing[indices])
+        all_errors.append(errors), all_confidences.append(predictions.confidence)
         per_image += [(data.name, image_label(data, i), e) for i, e in zip(indices, errors)]
-        results[data.name] = {"images": str(images), "annotations": str(ground_truth), "split": split,
-                              "num_images": len(indices), "summary": summarize(errors),
-                              "per_landmark": per_landmark(errors, data.landmark_names)}
-        if confidence is not None:
-            results[data.name]["confidence"] = confidence_report(confidence, errors)
-        plot_overlays(data, indices, predicted, errors, output / "overlays", args.overlays)
+        results[data.name] = set_result(images, ground_truth, split, errors, names, predictions.confidence)
+        draw_overlays(data, indices, predictions, errors, output / "overlays", args.overlays)
         print(f"{data.name}, {split} ({len(indices)} images): MRE {results[data.name]['summary']['MRE']:.3f} mm, "
               f"SDR@2mm {results[data.name]['summary']['SDR@2']:.1f} %", flush=True)
-
-    errors = np.concatenate(all_errors)
-    summary, landmarks = summarize(errors), per_landmark(errors, names)
-    splits = {r["split"] for r in results.values()}
-    result = {"source": model_name, "split": splits.pop() if len(splits) == 1 else "mixed",
-              "stages": stages, "num_images": len(errors), "summary": summary, "per_landmark": landmarks,
-              "data_sets": results}
-    if all_confidences:
-        result["confidence"] = confidence_report(np.concatenate(all_confidences), errors)
-    (output / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = format_table(landmarks, ["landmark"] + SUMMARY_COLUMNS)
-    (output / "per_landmark.md").write_text(table + "\n")
-    write_per_image(per_image, names, output / "per_image.csv")
-    plot_error_cdf({name: e for name, e in zip(results, all_errors)}, output / "error_cdf.png")
-    rows = [{"data set": f"{name} ({r['split']}, {r['num_images']} images)", **r["summary"]}
-            for name, r in results.items()]
-    if len(results) > 1:
-        rows.append({"data set": f"pooled ({len(errors)} images)", **summary})
-    print(f"{model_name} ({stages}):")
-    print(format_table(rows, ["data set"] + SUMMARY_COLUMNS))
-    print(f"per landmark (pooled):\n{table}")
-    for name, report in [*((n, r["confidence"]) for n, r in results.items() if "confidence" in r),
-                         *([("pooled", result["confidence"])] if len(results) > 1 and all_confidences else [])]:
-        print(f"confidence, {name}: AUROC {report['AUROC']:.3f} for errors above {report['threshold_mm']:g} mm; "
-              f"MRE {report['MRE_least_confident']:.2f} mm for the {100 * report['least_confident_share']:.0f} % "
-              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest")
+    stages = "first stage and refinement" if two_stages else "first stage"
+    result = pooled_result(str(args.checkpoint or args.model), stages, results, all_errors, all_confidences, names)
+    write_results(output, result, dict(zip(results, all_errors)), per_image, names)
+    print_report(result)
     print(f"results in {output}")
     return 0
 

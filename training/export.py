@@ -74,8 +74,28 @@ def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarr
     shift = float(np.linalg.norm(codec.decode(actual)[0] - codec.decode(expected)[0], axis=-1).max())
     report = {"max_relative_difference": relative, "max_landmark_shift_px": shift}
     if relative > RELATIVE_TOLERANCE or shift > LANDMARK_TOLERANCE_PX:
-        raise ExportMismatch(f"ONNX Runtime differs from torch beyond tolerance: {report}")
+        raise ExportMismatch(f"ONNX Runtime differs from torch beyond tolerance: {describe_check(report)}")
     return report
+
+
+def describe_check(report: dict) -> str:
+    """The comparison of ONNX Runtime with torch against its limits, as a sentence."""
+    return (f"the heatmaps differ by at most {100 * report['max_relative_difference']:.4f} % of the largest value "
+            f"(limit {100 * RELATIVE_TOLERANCE:g} %) and the landmarks by at most "
+            f"{report['max_landmark_shift_px']:.4f} model pixels (limit {LANDMARK_TOLERANCE_PX:g})")
+
+
+def next_steps(config: TrainConfig, output: Path) -> str:
+    """What to run after an export: score it, train a second stage on it, refresh the smoke test."""
+    steps = [f"python -m training.evaluate --model {output}          # score it through the container's code"]
+    if config.stage == "detect":
+        steps.append(f"python -m training.train --config training/configs/refine.json --first-stage {output} "
+                     "--data ...   # a second stage on it")
+    if output.resolve() == DEFAULT_MODEL_DIR.resolve():
+        steps.append("python -m training.make_smoke_test --keep-stack   # the container's expected output")
+    else:
+        steps.append(f"python -m algorithm.process --model {output} --input DIR --output landmarks.json")
+    return "next: " + "\n      ".join(steps)
 
 
 def stage_metadata(config: TrainConfig, names: list[str], trained_on: str, accuracy: dict,
@@ -172,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     graph = args.output / (MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE)
-    print(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and metadata.json; torch vs ONNX Runtime: {report}")
+    print(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and metadata.json\n"
+          f"check passed: against torch, {describe_check(report)}")
     if config.stage == "detect" and args.shape_model and args.checkpoint:
         add_shape_model(args.output, config)
+    print(next_steps(config, args.output))
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from training.data import LandmarkData
 from training.metrics import SDR_THRESHOLDS_MM
@@ -24,18 +25,44 @@ def image_label(data: LandmarkData, index: int) -> str:
     return data.images[index].name if isinstance(data.images, list) else f"slice {index + 1}"
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def epoch_axis(axis: plt.Axes, epochs: list[int]) -> None:
+    """Whole epochs only, with room on both sides: a single epoch is a point at 1, not a blank 0.96-1.04 axis."""
+    axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_xlabel("epoch")
+
+
+def millimetre_axis(axis: plt.Axes) -> None:
+    """A log axis labelled at 1, 2, 5, 10, 20, 50 ... mm (0.5, 0.2 ... below), with minor ticks between."""
+    axis.set_yscale("log")
+    axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.yaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    axis.yaxis.set_minor_formatter(NullFormatter())
+    axis.grid(which="major", alpha=0.3)
+
+
+def plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
+    """Training loss and validation MRE by epoch (pooled and per set), with markers and the best epoch marked."""
     epochs = [row["epoch"] for row in history]
     figure, (loss_axis, mre_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    loss_axis.set_xlabel("epoch"), loss_axis.set_ylabel("heatmap cross-entropy"), loss_axis.legend()
-    mre_axis.plot(epochs, [row["val_MRE"] for row in history], label="validation MRE, pooled", color="black")
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", markersize=3, label="train loss")
+    loss_axis.set_ylabel("heatmap cross-entropy"), loss_axis.legend()
+    mre_axis.plot(epochs, [row["val_MRE"] for row in history], marker="o", markersize=3, color="black",
+                  label="validation MRE, pooled")
     for name in history[-1].get("val_sources", {}):
-        mre_axis.plot(epochs, [row["val_sources"][name]["MRE"] for row in history], label=name, linewidth=0.8)
-    mre_axis.xaxis.get_major_locator().set_params(integer=True)
-    loss_axis.xaxis.get_major_locator().set_params(integer=True)
-    mre_axis.set_yscale("log")
-    mre_axis.set_xlabel("epoch"), mre_axis.set_ylabel("MRE (mm, log scale)"), mre_axis.legend()
+        mre_axis.plot(epochs, [row["val_sources"][name]["MRE"] for row in history], marker=".", linewidth=0.8,
+                      label=name)
+    best = next((row for row in history if row["epoch"] == best_epoch), None)
+    for axis in (loss_axis, mre_axis):
+        epoch_axis(axis, epochs)
+        if best is not None:
+            axis.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
+    if best is not None:
+        mre_axis.plot([best_epoch], [best["val_score"]], marker="*", markersize=12, color="tab:red", linestyle="none",
+                      label=f"best epoch {best_epoch}: score {best['val_score']:.3f} mm")
+    millimetre_axis(mre_axis)
+    mre_axis.set_ylabel("MRE (mm, log scale)"), mre_axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

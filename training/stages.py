@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from algorithm.crops import MAX_CROP_OFFSET, refine_landmarks
 from algorithm.inference import LandmarkDetector
@@ -45,7 +46,7 @@ class DetectStage:
     def predict(self, model: torch.nn.Module, val_set: ValidationSet, device: torch.device) -> np.ndarray:
         """(N, K, 2) original-pixel landmarks of a validation set, decoded as the container decodes."""
         codec = self.config.codec()
-        model_points = predict_with_torch(model, codec, val_set.inputs.inputs, device, self.config.batch_size)
+        model_points, _ = predict_with_torch(model, codec, val_set.inputs.inputs, device, self.config.batch_size)
         return to_original(val_set.inputs, model_points)
 
 
@@ -57,10 +58,12 @@ class FullResolution:
     centres: np.ndarray  # (N, K, 2) original pixels: ground truth (training) or first-stage landmarks
 
 
-def read_contents(data: LandmarkData, indices: list[int]) -> list[np.ndarray]:
+def read_contents(data: LandmarkData, indices: list[int], what: str, progress: bool = True) -> list[np.ndarray]:
     """The chosen images as 2D arrays without their zero padding (copies, so a colour image's planes and the
     padding go; map, unlike a comprehension, keeps no raw image while reading the next)."""
-    return list(map(unpadded_copy, data.read_images(indices)))
+    images = tqdm(data.read_images(indices), total=len(indices), disable=not progress, leave=False,
+                  desc=f"{data.name}: reading the {what} images at full resolution")
+    return list(map(unpadded_copy, images))
 
 
 def unpadded_copy(image: np.ndarray) -> np.ndarray:
@@ -68,10 +71,13 @@ def unpadded_copy(image: np.ndarray) -> np.ndarray:
     return np.array(strip_padding(image))
 
 
-def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int]) -> FullResolution:
+def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int], what: str,
+                       progress: bool = True) -> FullResolution:
     """What the second stage refines on the chosen images: their content and the first stage's landmarks."""
-    points = np.stack([detection.points for detection in first_stage.predict(data.read_images(indices))])
-    return FullResolution(read_contents(data, indices), points)
+    detections = tqdm(first_stage.predict(data.read_images(indices)), total=len(indices), disable=not progress,
+                      leave=False, desc=f"{data.name}: the first stage's landmarks on the {what} images")
+    points = np.stack([detection.points for detection in detections])
+    return FullResolution(read_contents(data, indices, what, progress), points)
 
 
 class RefineStage:
@@ -81,12 +87,12 @@ class RefineStage:
         self.config, self.spec, self.codec = config, config.crop_spec(), config.codec()
         first_stage = LandmarkDetector(config.first_stage, device="cpu", refine=False)
         check_first_stage(first_stage.metadata, config, datasets[0].landmark_names)
-        self.train = [FullResolution(read_contents(d, splits[d.name]["train"]), d.landmarks[splits[d.name]["train"]])
-                      for d in datasets]
+        self.train = [FullResolution(read_contents(d, splits[d.name]["train"], "training", is_main),
+                                     d.landmarks[splits[d.name]["train"]]) for d in datasets]
         self.val_sets = []
         for data in datasets:
             indices = splits[data.name]["val"]
-            inputs = first_stage_inputs(first_stage, data, indices)
+            inputs = first_stage_inputs(first_stage, data, indices, "validation", is_main)
             self.val_sets.append(ValidationSet(data, indices, inputs))
             if is_main:
                 errors = radial_errors_mm(inputs.centres, data.landmarks[indices], data.spacing[indices])
@@ -110,12 +116,13 @@ class RefineStage:
 
     def predict(self, model: torch.nn.Module, val_set: ValidationSet, device: torch.device) -> np.ndarray:
         """(N, K, 2) original-pixel landmarks after refining the first stage's, as the container does."""
-        return predict_refined(self.config, model, val_set, device)
+        return predict_refined(self.config, model, val_set, device)[0]
 
 
 def predict_refined(config: TrainConfig, model: torch.nn.Module, val_set: ValidationSet,
-                    device: torch.device) -> np.ndarray:
-    """A torch second stage on the crops about `val_set`'s first-stage landmarks: (N, K, 2) original pixels."""
+                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """A torch second stage on the crops about `val_set`'s first-stage landmarks: (N, K, 2) original pixels and
+    (N, K) confidences."""
     exported_form = SpatialSoftmax(model).eval()
 
     def heatmaps_of(crops: np.ndarray) -> np.ndarray:
@@ -123,8 +130,9 @@ def predict_refined(config: TrainConfig, model: torch.nn.Module, val_set: Valida
             return exported_form(torch.from_numpy(crops)[:, None].to(device)).float().cpu().numpy()
 
     spec, codec = config.crop_spec(), config.codec()
-    return np.stack([refine_landmarks(content, points, spec, codec, heatmaps_of)[0]
-                     for content, points in zip(val_set.inputs.contents, val_set.inputs.centres)])
+    refined = [refine_landmarks(content, points, spec, codec, heatmaps_of)
+               for content, points in zip(val_set.inputs.contents, val_set.inputs.centres)]
+    return np.stack([points for points, _ in refined]), np.stack([confidence for _, confidence in refined])
 
 
 def check_first_stage(meta: ModelMetadata, config: TrainConfig, names: list[str]) -> None:

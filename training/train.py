@@ -6,6 +6,7 @@ The first stage (`--stage detect`, the default) finds every landmark on the whol
 CPU by default; CUDA with mixed precision when present; several GPUs (or CPU processes)
 under `torchrun`. Every epoch validates each data set (MRE in mm through the container's
 decoding), writes `last.pt` atomically, keeps `best.pt`, and `--resume` continues a stopped run.
+A folder that already holds a run is never written over unless `--resume` or `--overwrite` says how.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from algorithm.metadata import METADATA_FILE
 from algorithm.reader import InputError
 from training import checkpoint, distributed
 from training.augment import augment
-from training.config import TrainConfig, add_config_options, config_from_args
+from training.config import SELECTION_SCORES, TrainConfig, add_config_options, config_from_args
 from training.data import load_sources, make_split
 from training.loss import heatmap_loss
 from training.plots import plot_curves
@@ -33,6 +35,10 @@ from training.schedule import learning_rate_at
 from training.stages import STAGES, DetectStage, RefineStage
 from training.targets import encode_batch
 from training.validation import validate
+
+CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, CURVES_FILE = "config.json", "split.json", "history.json", "learning_curves.png"
+# what a run writes into its folder: a folder holding any of these holds a run
+RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, CURVES_FILE, checkpoint.LAST, checkpoint.BEST)
 
 
 @dataclass
@@ -62,20 +68,37 @@ def load_run_data(config: TrainConfig, is_main: bool):
     return datasets, splits, STAGES[config.stage](config, datasets, splits, is_main)
 
 
+def run_files(folder: Path) -> list[Path]:
+    """The files of an earlier run in `folder` (empty when it holds none)."""
+    return [folder / name for name in RUN_FILES if (folder / name).exists()]
+
+
+def remove_run(folder: Path) -> None:
+    """Delete an earlier run's files (asked for with --overwrite), so none of them outlives the new run's start."""
+    for path in run_files(folder):
+        path.unlink()
+        print(f"  --overwrite: removed {path}", flush=True)
+    for metadata in sorted(folder.glob(f"*/{METADATA_FILE}")):
+        print(f"  note: {metadata.parent} holds a model exported from an earlier run; it is not this run's",
+              flush=True)
+
+
 def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device) -> Run:
     """Load the data, build the model and optimiser, and restore last.pt when resuming."""
     is_main = rank == 0
     output = Path(config.output)
     if is_main:
-        print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}, "
-              f"best.pt by {config.selection} validation MRE", flush=True)
+        print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}; "
+              f"best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}", flush=True)
     datasets, splits, stage = load_run_data(config, is_main)
     names = datasets[0].landmark_names
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
-        config.save(output / "config.json")
-        (output / "split.json").write_text(json.dumps(splits, indent=2) + "\n")
-        print(f"  {len(names)} landmarks; configuration written to {output / 'config.json'}", flush=True)
+        if not resume:
+            remove_run(output)
+        config.save(output / CONFIG_FILE)
+        (output / SPLIT_FILE).write_text(json.dumps(splits, indent=2) + "\n")
+        print(f"  {len(names)} landmarks; configuration written to {output / CONFIG_FILE}", flush=True)
     torch.manual_seed(config.seed)
     model = config.build_model(len(names)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -135,11 +158,12 @@ def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
     checkpoint.save_last(run.output, run.model, run.optimizer, run.scaler, state, config, run.names)
     if improved:
         checkpoint.save_best(run.output, run.model, state, config, run.names)
-    (run.output / "history.json").write_text(json.dumps(state["history"], indent=2) + "\n")
-    plot_curves(state["history"], run.output / "learning_curves.png")
+    (run.output / HISTORY_FILE).write_text(json.dumps(state["history"], indent=2) + "\n")
+    plot_curves(state["history"], run.output / CURVES_FILE, state["best_epoch"])
     per_source = "".join(f"  {name} {s['MRE']:.3f}" for name, s in row["val_sources"].items())
-    print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val MRE {pooled['MRE']:.3f} mm  SDR@2mm {pooled['SDR@2']:.1f} %"
-          f"{per_source if len(run.stage.val_sets) > 1 else ''}{'  (best)' if improved else ''}", flush=True)
+    per_set = f"  per set:{per_source}  score {result['score']:.3f} mm" if len(run.stage.val_sets) > 1 else ""
+    print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val MRE (pooled) {pooled['MRE']:.3f} mm  SDR@2mm "
+          f"{pooled['SDR@2']:.1f} %{per_set}{'  (best)' if improved else ''}", flush=True)
 
 
 def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | None = None) -> dict:
@@ -176,7 +200,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                         "with its train-gt.json; repeat for several centres (added to the configuration's list)")
     parser.add_argument("--config", type=Path, help="a JSON configuration (e.g. a run's config.json, or "
                         "training/configs/cross-centre.json); augmentation settings are set here")
-    parser.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pt where it stopped")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pt where it stopped")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start again in an OUTPUT that holds a run, deleting its checkpoints, history and "
+                       "configuration (without --resume or --overwrite such an OUTPUT is refused)")
     parser.add_argument("--max-epochs-this-run", type=int, help="stop after this many epochs (resume later)")
     add_config_options(parser)
     args = parser.parse_args(argv)
@@ -190,8 +218,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                 parser.error(f"--resume: no checkpoint in {folder} (start a run there without --resume)")
             if args.data:
                 parser.error("--resume continues the run's own data sets; --data cannot change them")
-            base = base or json.loads((folder / "config.json").read_text())
+            base = base or json.loads((folder / CONFIG_FILE).read_text())
         config = config_from_args(args, base)
+        earlier = run_files(Path(config.output))
+        if earlier and not (args.resume or args.overwrite) and distributed.is_main_process():
+            parser.error(f"{config.output} holds a run ({', '.join(p.name for p in earlier)}): add --resume to "
+                         "continue it or --overwrite to start again, or choose another --output")
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if bool(config.images) != bool(config.annotations):
@@ -219,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if result["epochs_done"] < config.epochs and result["epochs_done"] - result["best_epoch"] < config.patience:
             print(f"paused after epoch {result['epochs_done']} of {config.epochs}: resume with "
                   f"python -m training.train --output {config.output} --resume")
-        print(f"best epoch {result['best_epoch']} (validation score {result['best_score']:.3f} mm): {best}\n"
+        print(f"best epoch {result['best_epoch']} (validation score {result['best_score']:.3f} mm, "
+              f"{SELECTION_SCORES[config.selection]}): {best}\n"
               f"next: python -m training.evaluate --checkpoint {best}\n"
               f"      python -m training.export --checkpoint {best} --output OUTPUT_MODEL_FOLDER")
     return 0

@@ -16,15 +16,18 @@ from training.model import SpatialSoftmax
 
 
 def predict_with_torch(model: torch.nn.Module, codec: HeatmapCodec, inputs: np.ndarray, device: torch.device,
-                       batch_size: int) -> np.ndarray:
-    """(N, H, W) model inputs to (N, K, 2) model-pixel landmarks, through the graph the container runs."""
+                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) model inputs to (N, K, 2) model-pixel landmarks and (N, K) confidences, through the graph the
+    container runs."""
     exported_form = SpatialSoftmax(model).eval()
-    points = []
+    points, confidence = [], []
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             batch = torch.from_numpy(inputs[start:start + batch_size])[:, None].to(device)
-            points.append(codec.decode(exported_form(batch).float().cpu().numpy())[0])
-    return np.concatenate(points)
+            heatmaps = exported_form(batch).float().cpu().numpy()
+            points.append(codec.decode(heatmaps)[0])
+            confidence.append(codec.confidence(heatmaps))
+    return np.concatenate(points), np.concatenate(confidence)
 
 
 def to_original(prepared: PreparedData, model_points: np.ndarray) -> np.ndarray:
