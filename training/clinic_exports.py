@@ -73,6 +73,8 @@ def landscape(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's own font, not `training.pictures.font`: the overlay text is part of the test image, and the
+    README's figures were measured with these glyphs."""
     return ImageFont.load_default(size=size)
 
 

@@ -30,7 +30,7 @@ from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table
                               radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import image_label, plot_error_cdf
-from training.stages import first_stage_inputs, predict_refined
+from training.stages import first_stage_detector, first_stage_inputs, predict_refined
 from training.validation import ValidationSet, predict_with_torch, to_original
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
@@ -51,7 +51,7 @@ def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: L
     """A torch model's landmarks, decoded as the container decodes; a second-stage checkpoint refines its
     exported first stage's landmarks."""
     if config.stage == "refine":
-        first = LandmarkDetector(config.first_stage, device="cpu", refine=False)
+        first = first_stage_detector(config.first_stage)
         val_set = ValidationSet(data, indices, first_stage_inputs(first, data, indices, "evaluated"))
         return Predictions(*predict_refined(config, model, val_set, torch.device("cpu")), val_set.inputs.centres)
     codec = config.codec()

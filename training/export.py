@@ -27,7 +27,6 @@ import onnxruntime as ort
 import torch
 
 from algorithm.codec import HeatmapCodec
-from algorithm.inference import LandmarkDetector
 from algorithm.metadata import (DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata,
                                 RefinementStage)
 from algorithm.preprocessing import prepare, strip_padding
@@ -37,6 +36,7 @@ from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import load_sources
 from training.shape_model import shape_model_for
+from training.stages import first_stage_detector
 
 # ONNX Runtime must agree with torch to this fraction of the largest probability,
 # and the decoded landmarks to this many model-input pixels.
@@ -57,7 +57,7 @@ def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.nda
     if not images:
         raise ValueError(f"no image to compare with in {path}")
     if config.stage == "refine":
-        first = next(LandmarkDetector(config.first_stage, device="cpu", refine=False).predict(images[:1]))
+        first = next(first_stage_detector(config.first_stage).predict(images[:1]))
         return config.crop_spec().extract(strip_padding(images[0]), first.points)[0]
     codec = config.codec()
     return np.stack([prepare(image, codec.input_height, codec.input_width, config.normalization)[0]

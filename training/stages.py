@@ -9,6 +9,7 @@ about the exported first stage's landmarks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,12 @@ def unpadded_copy(image: np.ndarray) -> np.ndarray:
     return np.array(strip_padding(image))
 
 
+def first_stage_detector(model_dir: Path | str) -> LandmarkDetector:
+    """The exported first stage that a second stage trains and is validated on: the network alone, without the
+    shape check, so that a checkpoint's scores are those of its export run with `--no-shape-check`."""
+    return LandmarkDetector(model_dir, device="cpu", refine=False, shape_check=False)
+
+
 def first_stage_inputs(first_stage: LandmarkDetector, data: LandmarkData, indices: list[int], what: str,
                        progress: bool = True) -> FullResolution:
     """What the second stage refines on the chosen images: their content and the first stage's landmarks."""
@@ -85,7 +92,7 @@ class RefineStage:
 
     def __init__(self, config: TrainConfig, datasets: list[LandmarkData], splits: dict, is_main: bool) -> None:
         self.config, self.spec, self.codec = config, config.crop_spec(), config.codec()
-        first_stage = LandmarkDetector(config.first_stage, device="cpu", refine=False)
+        first_stage = first_stage_detector(config.first_stage)
         check_first_stage(first_stage.metadata, config, datasets[0].landmark_names)
         self.train = [FullResolution(read_contents(d, splits[d.name]["train"], "training", is_main),
                                      d.landmarks[splits[d.name]["train"]]) for d in datasets]
