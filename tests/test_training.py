@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
-from training.augment import AugmentConfig, random_affine, random_flip, random_intensity
+from training.augment import (AugmentConfig, augment, random_affine, random_flip, random_intensity,
+                              random_inversion, random_overlays)
 from training.loss import heatmap_loss
 from training.targets import encode_batch
 from training.config import TrainConfig
@@ -127,6 +128,48 @@ def test_random_affine_moves_the_landmark_with_the_image(config):
     assert np.linalg.norm(moved[:, 0].numpy() - points, axis=1).max() > 2.0  # the images did move
 
 
+def test_a_squeeze_across_moves_the_landmarks_across_only():
+    rng = np.random.default_rng(5)
+    points = np.stack([rng.uniform(35, WIDTH - 35, 16), rng.uniform(40, HEIGHT - 40, 16)], axis=1)
+    across = AugmentConfig(rotation_degrees=0, scale=0, translation=0, aspect=0.45)
+    warped, moved = random_affine(dot_images(points), torch.from_numpy(points).float()[:, None, :], across,
+                                  torch.Generator().manual_seed(6))
+    assert np.linalg.norm(dot_positions(warped) - moved[:, 0].numpy(), axis=1).max() < 1.0
+    np.testing.assert_allclose(moved[:, 0, 1].numpy(), points[:, 1], atol=1e-4)
+    factors = (moved[:, 0, 0].numpy() - (WIDTH - 1) / 2) / (points[:, 0] - (WIDTH - 1) / 2)
+    assert factors.min() < 0.85 and factors.max() > 1.15 and (factors >= np.exp(-0.45) - 1e-4).all()
+
+
+def test_overlays_and_inversion_change_only_the_chosen_images():
+    images = torch.rand(8, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(7)) * 0.5
+    torch.testing.assert_close(random_overlays(images, 0.0, torch.Generator()), images)
+    torch.testing.assert_close(random_inversion(images, 0.0, torch.Generator()), images)
+    marked = random_overlays(images, 1.0, torch.Generator().manual_seed(8))
+    changed = (marked != images).float().mean(dim=(1, 2, 3))
+    assert (changed > 0.005).all() and (changed < 0.5).all()  # text and a ruler, not the whole image
+    brightest = images.amax(dim=(1, 2, 3), keepdim=True)
+    assert torch.equal(marked[marked != images], brightest.expand_as(images)[marked != images])
+    inverted = random_inversion(images, 1.0, torch.Generator())
+    low, high = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(inverted, low + high - images)
+
+
+def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
+    """Off means off: the default augmentation is flip, affine and intensity alone, drawing the same numbers
+    from the generator as before the clinic steps existed; turned on, they change the batch."""
+    images = torch.rand(4, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(9))
+    points = torch.rand(4, 3, 2, generator=torch.Generator().manual_seed(10)) * 50
+    generator = torch.Generator().manual_seed(11)
+    flipped = random_flip(images, points, AugmentConfig().horizontal_flip, generator)
+    warped = random_affine(*flipped, AugmentConfig(), generator)
+    expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
+    default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
+    torch.testing.assert_close(default, expected)
+    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0),
+                     torch.Generator().manual_seed(11))
+    assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
+
+
 def test_random_affine_without_any_change_is_the_identity():
     points = np.array([[30.2, 40.7], [60.0, 90.5]])
     images = dot_images(points)
@@ -176,3 +219,13 @@ def test_unknown_configuration_keys_are_refused():
     with pytest.raises(ValueError, match="lerning_rate"):
         TrainConfig.from_dict({"lerning_rate": 0.1})
     assert math.isclose(TrainConfig.from_dict({"augment": {"gamma": 0.0}}).augment.gamma, 0.0)
+
+
+def test_the_clinic_recipe_loads_and_augments_a_batch_to_standardised_images():
+    config = TrainConfig.from_dict(json.loads((REPO / "training" / "configs" / "clinic.json").read_text()))
+    assert config.augment.aspect > 0 and config.augment.overlays > 0 and config.augment.invert > 0
+    images = torch.rand(6, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(12))
+    points = torch.rand(6, 4, 2, generator=torch.Generator().manual_seed(13)) * 60 + 20
+    augmented, moved = augment(images, points, config.augment, torch.Generator().manual_seed(14))
+    assert torch.isfinite(augmented).all() and moved.shape == points.shape
+    torch.testing.assert_close(augmented.std(dim=(1, 2, 3)), torch.ones(6), atol=1e-3, rtol=0)

@@ -2,7 +2,10 @@
 
 Every step is a batched torch operation on the images' device (CPU or GPU), drawing from a
 generator on that device. Horizontal flips are off by default (every image faces the same way); `horizontal_flip` sets
-their probability, for the ablation in the README.
+their probability, for the ablation in the README. The steps that imitate clinic exports (a skull squeezed
+or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
+rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. A step
+that is off draws nothing, so the default augmentation is what it always was.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class AugmentConfig:
     contrast: float = 0.2
     noise: float = 0.05
     horizontal_flip: float = 0.0
+    aspect: float = 0.0  # largest |log| of the horizontal squeeze or stretch (a landscape frame: about 0.43)
+    overlays: float = 0.0  # probability of bright overlay text and a ruler on an image
+    invert: float = 0.0  # probability of inverted contrast (bone dark)
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -37,6 +43,9 @@ def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentCon
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     # output -> input map in pixel units about the centre: q_in = M q_out + shift
     matrix = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    if config.aspect:  # the output's x stretched by exp(u): its input x is x / exp(u)
+        across = torch.exp(-uniform(config.aspect))
+        matrix = matrix * torch.stack([across, torch.ones_like(across)], 1)[:, None, :]
     to_unit = torch.tensor([2.0 / width, 2.0 / height], device=images.device)
     theta = torch.cat([matrix * to_unit[None, :, None] / to_unit[None, None, :],
                        (shift * to_unit)[:, :, None]], dim=2)
@@ -58,6 +67,38 @@ def random_flip(images: torch.Tensor, points: torch.Tensor, probability: float,
     return images, torch.where(flip[:, None, None], mirrored, points)
 
 
+def random_overlays(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """With `probability`, three blocks of striped "text" and one ruler bar at the brightest value of each
+    (B, 1, H, W) image, at random places (over the skull too, as a viewer's overlay is): landmarks stay."""
+    batch, _, height, width = images.shape
+    device = images.device
+
+    def uniform(low: float, high: float, count: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, count, generator=generator, device=device)
+
+    widths = torch.cat([uniform(0.1, 0.3, 3), uniform(0.01, 0.03, 1)], 1) * width
+    heights = torch.cat([uniform(0.02, 0.05, 3), uniform(0.2, 0.5, 1)], 1) * height
+    lefts, tops = uniform(0, 1, 4) * (width - widths), uniform(0, 1, 4) * (height - heights)
+    xs = torch.arange(width, device=device, dtype=images.dtype)[None, None, None, :]
+    ys = torch.arange(height, device=device, dtype=images.dtype)[None, None, :, None]
+    inside = ((xs >= lefts[..., None, None]) & (xs < (lefts + widths)[..., None, None])
+              & (ys >= tops[..., None, None]) & (ys < (tops + heights)[..., None, None]))  # (B, 4, H, W)
+    strokes = ((xs.long() // 2 + ys.long() // 3) % 2 == 0).expand_as(inside).clone()
+    strokes[:, 3] = True  # the ruler is solid
+    marks = (inside & strokes).any(dim=1, keepdim=True)
+    chosen = torch.rand(batch, generator=generator, device=device) < probability
+    bright = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    return torch.where(marks & chosen[:, None, None, None], bright, images)
+
+
+def random_inversion(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """With `probability`, each (B, 1, H, W) image's grey levels reversed within its own range."""
+    chosen = torch.rand(images.shape[0], generator=generator, device=images.device) < probability
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(chosen[:, None, None, None], low + high - images, images)
+
+
 def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Gamma, contrast and noise, then re-standardised as the container's z-score normalisation does."""
     batch = images.shape[0]
@@ -76,7 +117,12 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
 
 def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, intensity."""
+    """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
+    exports' overlays and inversion (when on), intensity."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
+    if config.overlays:
+        images = random_overlays(images, config.overlays, generator)
+    if config.invert:
+        images = random_inversion(images, config.invert, generator)
     return random_intensity(images, config, generator), points
