@@ -238,8 +238,7 @@ class LandmarkDetector:
         z_refined = self.shape.z_of(first.shape_fit, points)
         off_skull = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
         points = np.where(off_skull[:, None], first.points, points)
-        confidence = np.where(off_skull, first.confidence, confidence * self.shape.plausibility(z_refined))
-        confidence = np.where(first.reestimated, np.minimum(confidence, REESTIMATED_PROBABILITY), confidence)
+        confidence = np.where(off_skull, first.confidence, self.shape.trust(confidence, z_refined, first.reestimated))
         return Detection(points, confidence, first.shape_fit, first.reestimated, first.notes)
 
     def finish(self, image: np.ndarray, geometry: ResizeGeometry, detection: Detection) -> Detection:

@@ -139,10 +139,14 @@ def strip_padding(image: np.ndarray) -> np.ndarray:
 
 def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):
     """Strip padding, resize and normalise one image; returns the model input and its geometry."""
-    content = strip_padding(image)
-    resized = resize(content, input_height, input_width)
-    geometry = ResizeGeometry(*content.shape, input_height, input_width)
-    return normalize(resized, normalization), geometry
+    return _model_input(strip_padding(image), input_height, input_width, normalization)
+
+
+def _model_input(region: np.ndarray, input_height: int, input_width: int, normalization: str, left: int = 0,
+                 top: int = 0) -> tuple[np.ndarray, ResizeGeometry]:
+    """A 2D region of an image, its top-left corner at (left, top), resized and normalised for the model."""
+    resized = resize(region, input_height, input_width)
+    return normalize(resized, normalization), ResizeGeometry(*region.shape, input_height, input_width, left, top)
 
 
 def prepare_region(content: np.ndarray, left: int, top: int, width: int, height: int, input_height: int,
@@ -154,5 +158,4 @@ def prepare_region(content: np.ndarray, left: int, top: int, width: int, height:
     cols = slice(max(0, left), min(content.shape[1], left + width))
     if rows.start < rows.stop and cols.start < cols.stop:
         region[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = content[rows, cols]
-    resized = resize(region, input_height, input_width)
-    return normalize(resized, normalization), ResizeGeometry(height, width, input_height, input_width, left, top)
+    return _model_input(region, input_height, input_width, normalization, left, top)

@@ -200,6 +200,10 @@ class ShapeModel:
                     reestimated[k] = True
             if (~reestimated).sum() >= 3:  # else the first fit, of all of them, is the best there is
                 fit = self.fit(points, usable=~reestimated)
-        confidence = np.asarray(confidence, dtype=np.float64) * self.plausibility(np.where(reestimated, 0, fit.z))
-        confidence = np.where(reestimated, np.minimum(confidence, REESTIMATED_PROBABILITY), confidence)
-        return points, confidence, fit, reestimated
+        return points, self.trust(confidence, np.where(reestimated, 0, fit.z), reestimated), fit, reestimated
+
+    def trust(self, confidence: np.ndarray, z: np.ndarray, reestimated: np.ndarray) -> np.ndarray:
+        """(K,) heatmap confidences lowered by how well each landmark fits (its z-score), and capped at
+        REESTIMATED_PROBABILITY for the landmarks the shape had to estimate."""
+        trusted = np.asarray(confidence, dtype=np.float64) * self.plausibility(z)
+        return np.where(reestimated, np.minimum(trusted, REESTIMATED_PROBABILITY), trusted)

@@ -28,7 +28,7 @@ from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
-from training.data import LandmarkData, load_sources, make_split
+from training.data import LandmarkData, load_sources
 from training.metrics import SDR_THRESHOLDS_MM, format_table, radial_errors_mm, summarize
 
 GROSS_ERROR_MM = 10.0
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: {error}", file=sys.stderr)
         return 1
     splits = {d.name: list(range(len(d))) if args.split == "all" else
-              make_split(len(d), config.seed, config.val_fraction, config.test_fraction)[args.split] for d in datasets}
+              config.split(len(d))[args.split] for d in datasets}
     results = score_framings(detector, datasets, splits, args.transforms)
     columns = ["framing", "MRE", "SD", *(f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM), "beyond_10mm",
                "gross_among_least_confident"]

@@ -12,6 +12,7 @@ from algorithm.crops import CropSpec
 from algorithm.devices import DEVICES
 from algorithm.preprocessing import NORMALIZATIONS
 from training.augment import AugmentConfig
+from training.data import make_split
 from training.model import UNet
 
 SELECTIONS = ("source_mean", "pooled")
@@ -85,6 +86,10 @@ class TrainConfig:
         if self.images or self.annotations:
             pairs.append((self.images, self.annotations))
         return pairs
+
+    def split(self, num_images: int) -> dict[str, list[int]]:
+        """The train/val/test image indices of a data set of `num_images`, from this run's seed and fractions."""
+        return make_split(num_images, self.seed, self.val_fraction, self.test_fraction)
 
     def codec(self) -> HeatmapCodec:
         """The stage's codec: the whole model input (detect) or one crop (refine)."""

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from algorithm.codec import DECODERS
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
-from training.data import LandmarkData, load_sources, make_split, prepare_data, source_name
+from training.data import LandmarkData, load_sources, prepare_data, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
@@ -192,7 +192,7 @@ def split_indices(data: LandmarkData, split: str, config: TrainConfig, trained_o
         split = "test" if data.name in trained_on else "all"
     if split == "all":
         return split, list(range(len(data)))
-    return split, make_split(len(data), config.seed, config.val_fraction, config.test_fraction)[split]
+    return split, config.split(len(data))[split]
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module | None, TrainConfig, list[str], bool]:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from algorithm.shape import ShapeModel, similarity, to_complex, to_xy
 from training.config import TrainConfig
-from training.data import LandmarkData, load_sources, make_split
+from training.data import LandmarkData, load_sources
+from training.stages import first_stage_detector
 
 # Modes kept: the fewest that explain this share of the aligned shapes' variance. 0.8 (8 modes on the two
 # centres' training shapes) gave the smallest leave-one-out spreads of 0.5-0.95 (too rigid below, over-fitted above).
@@ -126,22 +126,18 @@ def detection_spread(error_xy: np.ndarray, truth_xy: np.ndarray) -> np.ndarray:
     return np.nanmedian(lengths, axis=0) / RAYLEIGH_MEDIAN
 
 
-def split_of(data: LandmarkData, config: TrainConfig, part: str) -> list[int]:
-    return make_split(len(data), config.seed, config.val_fraction, config.test_fraction)[part]
-
-
 def shape_model_for(model_dir: Path, config: TrainConfig, datasets: list[LandmarkData]) -> ShapeModel:
     """The shape model of a trained first stage: training-split ground truth and frames, validation-split
     detector errors."""
-    detector = LandmarkDetector(model_dir, device="cpu", refine=False, shape_check=False)
+    detector = first_stage_detector(model_dir)
     truth, sizes, errors, val_truth = [], [], [], []
     for data in datasets:
-        indices = split_of(data, config, "train")
+        indices = config.split(len(data))["train"]
         truth.append(data.landmarks[indices])
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: training image sizes",
                       unit="image")
         sizes += [strip_padding(image).shape[::-1] for image in images]
-        indices = split_of(data, config, "val")
+        indices = config.split(len(data))["val"]
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: first stage on validation",
                       unit="image")
         predicted = np.stack([detection.points for detection in detector.predict(images)])

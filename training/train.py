@@ -28,7 +28,7 @@ from algorithm.reader import InputError
 from training import checkpoint, distributed
 from training.augment import augment
 from training.config import SELECTION_SCORES, TrainConfig, add_config_options, config_from_args
-from training.data import load_sources, make_split
+from training.data import load_sources
 from training.loss import heatmap_loss
 from training.plots import plot_curves
 from training.schedule import learning_rate_at
@@ -59,7 +59,7 @@ class Run:
 def load_run_data(config: TrainConfig, is_main: bool):
     """Every data set, split per set from the seed, and the stage's training and validation data."""
     datasets = load_sources(config.sources())
-    splits = {d.name: make_split(len(d), config.seed, config.val_fraction, config.test_fraction) for d in datasets}
+    splits = {d.name: config.split(len(d)) for d in datasets}
     if is_main:
         for d in datasets:
             part = splits[d.name]
