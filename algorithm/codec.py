@@ -68,42 +68,44 @@ class HeatmapCodec:
         inside = (x >= -0.5) & (x <= self.input_width - 0.5) & (y >= -0.5) & (y <= self.input_height - 0.5)
         return inside * 1.0
 
-    def encode(self, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(K, 2) model-input coordinates to (K, H/stride, W/stride) float32 Gaussians (peak 1) and (K,) weights.
+    def encode(self, points_xy, xp=np):
+        """(..., K, 2) model-input coordinates to (..., K, H/stride, W/stride) float32 Gaussians (peak 1) and
+        (..., K) float32 weights; a landmark with weight 0 (missing, or outside the frame) gets an all-zero map.
 
-        A landmark with weight 0 (missing, or outside the frame) gets an all-zero map.
+        `xp` is the array library of `points_xy`: numpy in the container and the tests, torch in training (which
+        passes its own module, so the targets are made on the training device and the container never imports
+        torch). The same lines draw both, so training's targets cannot drift from this definition.
         """
-        points_xy = np.asarray(points_xy, dtype=np.float64)
+        points_xy = xp.asarray(points_xy)
         weights = self.weights(points_xy)
-        centres = self.to_heatmap(np.where(weights[:, None] > 0, points_xy, 0.0))
+        centres = self.to_heatmap(xp.where(weights[..., None] > 0, points_xy, 0.0))
         height, width = self.heatmap_shape
-        ys = np.arange(height, dtype=np.float64)
-        xs = np.arange(width, dtype=np.float64)
-        gauss_y = np.exp(-((ys[None, :] - centres[:, 1:2]) ** 2) / (2 * self.sigma**2))
-        gauss_x = np.exp(-((xs[None, :] - centres[:, 0:1]) ** 2) / (2 * self.sigma**2))
-        heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :] * weights[:, None, None]
-        return heatmaps.astype(np.float32), weights.astype(np.float32)
+        ys = xp.arange(height, dtype=points_xy.dtype, device=points_xy.device)
+        xs = xp.arange(width, dtype=points_xy.dtype, device=points_xy.device)
+        gauss_y = xp.exp(-((ys - centres[..., 1:2]) ** 2) / (2 * self.sigma**2))
+        gauss_x = xp.exp(-((xs - centres[..., 0:1]) ** 2) / (2 * self.sigma**2))
+        heatmaps = gauss_y[..., :, None] * gauss_x[..., None, :] * weights[..., None, None]
+        return xp.asarray(heatmaps, dtype=xp.float32), xp.asarray(weights, dtype=xp.float32)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(..., K, h, w) heatmaps to (..., K, 2) model-input coordinates and (..., K) peak values."""
-        *lead, height, width = heatmaps.shape
-        flat = heatmaps.reshape(-1, height, width)
-        peak_x, peak_y, scores = self._peaks(flat)
-        points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
-        if self.decoder == "centroid":
-            points = self._refine_by_centroid(flat, peak_x, peak_y)
-        points = self.from_heatmap(points)
-        return points.reshape(*lead, 2), scores.reshape(*lead)
+        """(..., K, h, w) heatmaps to (..., K, 2) model-input coordinates and (..., K) confidences in [0, 1], in one
+        pass over each map's peak window.
 
-    def confidence(self, heatmaps: np.ndarray) -> np.ndarray:
-        """(..., K, h, w) heatmaps to (..., K) confidences in [0, 1]: the probability mass within the centroid
-        window about each peak (the output activation makes each map a distribution), so a sharp, single
-        peak scores near 1 and a flat or split map near 0."""
+        The confidence is the probability mass within the centroid window about the peak (the output
+        activation makes each map a distribution), so a sharp, single peak scores near 1 and a flat or
+        split map near 0.
+        """
         *lead, height, width = heatmaps.shape
         flat = heatmaps.reshape(-1, height, width)
-        peak_x, peak_y, _ = self._peaks(flat)
-        window, _, _ = self._window(flat, peak_x, peak_y)
-        return np.clip(window.sum(axis=(1, 2)), 0.0, 1.0).reshape(*lead)
+        peak_index = flat.reshape(flat.shape[0], -1).argmax(axis=1)
+        peak_y, peak_x = np.divmod(peak_index, width)
+        window, rows, cols = self._window(flat, peak_x, peak_y)
+        if self.decoder == "centroid":
+            points = self._centroid(window, rows, cols, peak_x, peak_y)
+        else:
+            points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
+        confidence = np.clip(window.sum(axis=(1, 2)), 0.0, 1.0)
+        return self.from_heatmap(points).reshape(*lead, 2), confidence.reshape(*lead)
 
     def candidates(self, heatmaps: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(K, h, w) heatmaps to the `count` strongest local maxima of each (peaks at least 2 sigma apart):
@@ -128,15 +130,8 @@ class HeatmapCodec:
         maps = np.repeat(np.arange(num_maps), count)
         points = np.stack([peak_x, peak_y], axis=1).astype(np.float64)
         if self.decoder == "centroid":
-            points = self._refine_by_centroid(heatmaps, peak_x, peak_y, maps)
+            points = self._centroid(*self._window(heatmaps, peak_x, peak_y, maps), peak_x, peak_y)
         return self.from_heatmap(points).reshape(num_maps, count, 2), scores
-
-    @staticmethod
-    def _peaks(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column, row and value of each (h, w) map's maximum."""
-        peak_index = flat.reshape(flat.shape[0], -1).argmax(axis=1)
-        peak_y, peak_x = np.divmod(peak_index, flat.shape[2])
-        return peak_x, peak_y, flat.reshape(flat.shape[0], -1)[np.arange(flat.shape[0]), peak_index]
 
     def _window(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray, maps: np.ndarray | None = None):
         """The positive heatmap within `centroid_radius` of each peak (peak i in map `maps[i]`, by default
@@ -158,10 +153,11 @@ class HeatmapCodec:
         window = flat[index, np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
         return np.where(inside, np.maximum(window, 0), 0).astype(np.float64), rows, cols
 
-    def _refine_by_centroid(self, flat: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray,
-                            maps: np.ndarray | None = None) -> np.ndarray:
-        """Sub-pixel position: the mean of the positive heatmap within `centroid_radius` of the peak."""
-        window, rows, cols = self._window(flat, peak_x, peak_y, maps)
+    @staticmethod
+    def _centroid(window: np.ndarray, rows: np.ndarray, cols: np.ndarray, peak_x: np.ndarray,
+                  peak_y: np.ndarray) -> np.ndarray:
+        """Sub-pixel (x, y) heatmap positions: the mean of each peak's positive window (`_window`), or the peak
+        itself where the window holds nothing positive."""
         total = window.sum(axis=(1, 2))
         safe_total = np.where(total > 0, total, 1.0)
         x = (window.sum(axis=1) * cols).sum(axis=1) / safe_total

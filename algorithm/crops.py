@@ -108,13 +108,13 @@ def refine_landmarks(content: np.ndarray, points_xy: np.ndarray, spec: CropSpec,
 
     `heatmaps_of` runs the refinement model: (K, size, size) crops to (K, K, h, w) heatmaps; crop k
     is decoded in its own landmark's channel k. The confidence is that map's probability mass near its
-    peak (`HeatmapCodec.confidence`). A landmark the crop would move further than MAX_CROP_OFFSET of its side
+    peak (`HeatmapCodec.decode`). A landmark the crop would move further than MAX_CROP_OFFSET of its side
     keeps its first-stage position.
     """
     crops, geometry = spec.extract(content, points_xy)
     heatmaps = heatmaps_of(crops)
     own = heatmaps[np.arange(len(crops)), np.arange(len(crops))]
-    crop_points, _ = codec.decode(own)
-    refined, confidence = geometry.to_original(crop_points), codec.confidence(own)
+    crop_points, confidence = codec.decode(own)
+    refined = geometry.to_original(crop_points)
     beyond = (np.abs(refined - geometry.centres) > MAX_CROP_OFFSET * geometry.scale * spec.size).any(axis=1)
     return np.where(beyond[:, None], geometry.centres, refined), confidence

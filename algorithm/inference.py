@@ -21,7 +21,7 @@ from algorithm.codec import HeatmapCodec
 from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import ResizeGeometry, prepare, prepare_region, to_grayscale
+from algorithm.preprocessing import ResizeGeometry, prepare, prepare_region, strip_padding
 from algorithm.reader import describe
 from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
@@ -112,7 +112,7 @@ def check_graph(session: ort.InferenceSession, codec: HeatmapCodec, num_landmark
 
 def content_of(image: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
     """The un-padded 2D content of `image` that `geometry` (from `prepare`) measured, as a view."""
-    return to_grayscale(image)[:geometry.content_height, :geometry.content_width]
+    return strip_padding(image, (geometry.content_height, geometry.content_width))
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,7 @@ class LandmarkDetector:
     def decode(self, heatmaps: np.ndarray, geometries: list[ResizeGeometry]) -> list[Detection]:
         """Step 3: heatmaps to each image's landmarks in its own pixels, with the first stage's confidences,
         kept on a plausible skull when the model has a shape model."""
-        points = self.codec.decode(heatmaps)[0]
-        confidence = self.codec.confidence(heatmaps)
+        points, confidence = self.codec.decode(heatmaps)
         detections = [Detection(geometry.to_original(image_points), image_confidence)
                       for geometry, image_points, image_confidence in zip(geometries, points, confidence)]
         if self.shape is None:

@@ -16,6 +16,7 @@ import numpy as np
 # The challenge's stack: every image at the top-left, zero-padded at the right and bottom to this
 # height x width, 3 x uint8 (R = G = B).
 CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
+CHALLENGE_LANDMARKS = 38  # the landmarks the challenge scores (a model may find fewer: the shipped one 19)
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,12 @@ def normalize(image: np.ndarray, method: str) -> np.ndarray:
     return ((image - float(image.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def strip_padding(image: np.ndarray) -> np.ndarray:
-    """The 2D grayscale content of a (padded) image, as a view: what both stages see."""
+def strip_padding(image: np.ndarray, extent: tuple[int, int] | None = None) -> np.ndarray:
+    """The 2D grayscale content of a (padded) image, as a view: what both stages see. `extent` (height, width)
+    is the content's size where it was measured already (a `ResizeGeometry`'s), so the image is not scanned
+    again."""
     gray = to_grayscale(image)
-    height, width = content_extent(gray)
+    height, width = content_extent(gray) if extent is None else extent
     return gray[:height, :width]
 
 

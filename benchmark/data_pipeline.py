@@ -21,7 +21,6 @@ from algorithm.devices import DEVICES
 from training.augment import augment
 from training.config import TrainConfig
 from training.distributed import choose_device
-from training.targets import encode_batch
 
 
 def _synchronize(device: torch.device) -> None:
@@ -41,7 +40,7 @@ def per_image_numpy(images, points, config, generator, device):
 def batched_torch(images, points, config, generator, device):
     """Augment and encode the whole batch with torch on the device (what training does)."""
     batch, moved = augment(images, points, config.augment, generator)
-    targets, weights = encode_batch(config.codec(), moved)
+    targets, weights = config.codec().encode(moved, xp=torch)
     return batch, targets, weights
 
 

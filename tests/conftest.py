@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # also when pytest is started without `python -m`
 
 from algorithm.metadata import ModelMetadata
 from algorithm.output import schema_errors
-from training.data import make_split
+from training.split import make_split
 from training.pack import write_stack
 from training.shape_model import build_shape_model, training_frame
 from training.synthetic import synthetic_landmarks, synthetic_set

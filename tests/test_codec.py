@@ -53,9 +53,8 @@ def test_a_missing_landmark_encodes_to_an_all_zero_map():
 @pytest.mark.parametrize("decoder", ["argmax", "centroid"])
 def test_landmarks_on_heatmap_pixel_centres_decode_exactly(decoder):
     points = heatmap_pixel_position(np.random.default_rng(3).integers(6, 40, size=(20, 2)))
-    decoded, scores = codec(decoder).decode(codec(decoder).encode(points)[0])
+    decoded, _ = codec(decoder).decode(codec(decoder).encode(points)[0])
     np.testing.assert_allclose(decoded, points, atol=1e-9)
-    np.testing.assert_allclose(scores, 1.0, atol=1e-6)
 
 
 def test_argmax_is_within_half_a_heatmap_pixel_of_the_landmark():
@@ -89,22 +88,28 @@ def test_centroid_beats_argmax_at_the_tiny_configuration():
     assert np.abs(refined - points).max() < 0.25 * STRIDE
 
 
-def test_decode_keeps_leading_dimensions_and_reports_peak_values():
+def test_decode_keeps_leading_dimensions_and_gives_the_mass_near_each_peak_as_confidence():
     rng = np.random.default_rng(7)
-    heatmaps = rng.uniform(0, 0.5, size=(3, 4, HEIGHT // STRIDE, WIDTH // STRIDE)).astype(np.float32)
-    heatmaps[1, 2, 33, 5] = 0.9
-    points, scores = codec("centroid").decode(heatmaps)
-    assert points.shape == (3, 4, 2) and scores.shape == (3, 4)
-    np.testing.assert_allclose(scores, heatmaps.max(axis=(2, 3)))
-    peaks, _ = codec("argmax").decode(heatmaps)
+    heatmaps = rng.uniform(0, 0.5, size=(3, 4, HEIGHT // STRIDE, WIDTH // STRIDE))
+    heatmaps[1, 2, 33, 5] = 5000.0
+    heatmaps[0, 1, 0, 7] = 60.0  # a peak on the top row: its window shrinks to that row, and stays as wide
+    heatmaps /= heatmaps.sum(axis=(2, 3), keepdims=True)  # distributions, as the spatial softmax gives
+    points, confidence = codec("centroid").decode(heatmaps)
+    assert points.shape == (3, 4, 2) and confidence.shape == (3, 4)
+    radius = codec("centroid").centroid_radius
+    assert confidence[1, 2] == pytest.approx(heatmaps[1, 2, 33 - radius:34 + radius, 5 - radius:6 + radius].sum())
+    assert confidence[0, 1] == pytest.approx(heatmaps[0, 1, 0, 7 - radius:8 + radius].sum())
+    assert confidence[1, 2] > 0.5 and confidence[2, 3] < 0.01  # a sharp peak against a flat map
+    peaks, argmax_confidence = codec("argmax").decode(heatmaps)
     np.testing.assert_allclose(peaks[1, 2], heatmap_pixel_position([5, 33]))
+    np.testing.assert_array_equal(argmax_confidence, confidence)  # the decoder moves points, not confidences
 
 
 def test_centroid_of_an_empty_map_falls_back_to_the_peak_without_nan():
-    points, scores = codec("centroid").decode(np.zeros((1, 2, HEIGHT // STRIDE, WIDTH // STRIDE), np.float32))
+    points, confidence = codec("centroid").decode(np.zeros((1, 2, HEIGHT // STRIDE, WIDTH // STRIDE), np.float32))
     assert np.isfinite(points).all()
     np.testing.assert_allclose(points, heatmap_pixel_position(np.zeros((1, 2, 2))))
-    np.testing.assert_array_equal(scores, 0)
+    np.testing.assert_array_equal(confidence, 0)
 
 
 def test_centroid_near_the_border_is_not_pulled_inwards():

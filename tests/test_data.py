@@ -13,7 +13,8 @@ from conftest import PACKED_HEIGHT, PACKED_WIDTH, pad_gray, run_module, save_ima
 from algorithm.metaimage import READ_CHUNK_BYTES
 from algorithm.reader import ImageStack
 from training import pack
-from training.data import load_data, make_split, read_ground_truth
+from training.data import load_data, read_ground_truth
+from training.split import make_split
 from training.synthetic import synthetic_image
 
 

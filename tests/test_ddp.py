@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DATASET_LANDMARKS, REPO, TINY_CONFIG
 
-from training.data import make_split
+from training.split import make_split
 
 
 @pytest.mark.slow

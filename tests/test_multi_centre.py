@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import TINY_CONFIG, run_module
 
-from training.data import load_sources, make_split, source_name
+from training.data import load_sources, source_name
+from training.split import PARTS, make_split
 
 
 def subset_annotations(dataset, path: Path, landmarks: int, names: list[str] | None = None) -> Path:
@@ -64,7 +65,8 @@ def test_a_run_splits_validates_and_selects_per_data_set(two_source_run, synthet
     split = json.loads((output / "split.json").read_text())
     assert list(split) == names
     for name in names:
-        assert split[name] == make_split(len(synthetic_dataset.images), 0, 0.15, 0.15)
+        assert {part: split[name][part] for part in PARTS} == make_split(len(synthetic_dataset.images), 0, 0.15, 0.15)
+        assert split[name]["images"] == len(synthetic_dataset.images)
         assert all(split[name][part] for part in ("train", "val", "test"))
     row = json.loads((output / "history.json").read_text())[0]
     assert list(row["val_sources"]) == names

@@ -4,6 +4,7 @@ run the container on a packed stack."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -18,8 +19,9 @@ import pytest
 import torch
 from conftest import DATASET_LANDMARKS, REPO, TINY_CONFIG, assert_valid_output, run_module
 
-from training.data import make_split, source_name
+from training.data import source_name
 from training.metrics import radial_errors_mm, summarize
+from training.split import make_split
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +70,10 @@ def test_a_run_writes_its_configuration_split_checkpoints_and_curves(run, synthe
     assert {key: config[key] for key in tiny} == tiny
     assert config["images"] == str(synthetic_dataset.images_dir) and config["epochs"] == EPOCHS
     split = json.loads((run.directory / "split.json").read_text())
-    assert split == {source_name(synthetic_dataset.images_dir): make_split(
-        len(synthetic_dataset.images), config["seed"], config["val_fraction"], config["test_fraction"])}
+    made = make_split(len(synthetic_dataset.images), config["seed"], config["val_fraction"], config["test_fraction"])
+    files = "\n".join(f"case_{index + 1:02d}.png" for index in range(len(synthetic_dataset.images)))
+    assert split == {source_name(synthetic_dataset.images_dir): {**made, "images": len(synthetic_dataset.images),
+                                                                 "names": hashlib.sha256(files.encode()).hexdigest()[:16]}}
     assert [row["epoch"] for row in run.first_history] == [1]
     assert "epoch 1: loss" in run.first.stdout and "val MRE (pooled)" in run.first.stdout
     assert "(validation score" in run.first.stdout

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from algorithm.crops import CropSpec, refine_landmarks
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.output import multiple_points
+from training.data import source_name
 from training.metrics import auroc, confidence_report
 
 TINY_REFINE = REPO / "training" / "configs" / "tiny-refine.json"
@@ -84,9 +86,9 @@ def test_confidence_is_the_mass_near_the_peak():
     sharp = codec.encode(np.array([[30.0, 30.0]]))[0]
     sharp /= sharp.sum()
     flat = np.full_like(sharp, 1.0 / sharp[0].size)
-    assert codec.confidence(sharp)[0] > 0.6  # a 5 x 5 window holds about 62 % of a sigma-2 Gaussian
+    assert codec.decode(sharp)[1][0] > 0.6  # a 5 x 5 window holds about 62 % of a sigma-2 Gaussian
     window = (2 * codec.centroid_radius + 1) ** 2
-    assert codec.confidence(flat)[0] <= window / flat[0].size  # no more than the window's share of the map
+    assert codec.decode(flat)[1][0] <= window / flat[0].size  # no more than the window's share of the map
 
 
 def test_auroc_matches_a_pairwise_count_and_the_report_splits_the_least_confident():
@@ -225,9 +227,38 @@ def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_mod
 
 
 @pytest.mark.slow
-def test_a_refinement_on_another_split_than_its_first_stage_is_refused(first_stage, synthetic_dataset, tmp_path):
-    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage, "--seed", 1,
-                        "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+def test_the_refinement_trains_on_the_split_its_first_stage_records(refine_run, first_stage):
+    recorded = json.loads((first_stage / "metadata.json").read_text())["training"]["split"]
+    assert json.loads((refine_run / "split.json").read_text()) == recorded
+
+
+@pytest.mark.slow
+def test_a_refinement_on_other_images_than_its_first_stages_split_is_refused(first_stage, synthetic_dataset,
+                                                                             tmp_path):
+    fewer = json.loads(synthetic_dataset.annotations.read_text())  # the same folder, its last image left out
+    fewer["files"] = fewer["files"][:-1]
+    fewer["points"] = [p for p in fewer["points"] if p["point"][2] <= len(fewer["files"])]
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage,
+                        "--images", synthetic_dataset.images_dir, "--annotations", tmp_path / "fewer.json",
                         "--output", tmp_path / "run", "--epochs", 1)
     assert result.returncode == 1
-    assert "split with seed = 0" in result.stderr and str(first_stage) in result.stderr
+    name = source_name(synthetic_dataset.images_dir)
+    assert result.stderr.strip() == (f"error: {first_stage} (the first stage): the split of {name!r} was made for "
+                                      f"{len(fewer['files']) + 1} images, the data set has {len(fewer['files'])}; "
+                                      "use the data the split was made for")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_test_part_the_model_records(two_stage_model, synthetic_dataset, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(two_stage_model, model)
+    metadata = json.loads((model / "metadata.json").read_text())
+    (name, split), = metadata["training"]["split"].items()
+    split["test"] = split["train"][:3]  # not what the seed makes: evaluate must read the split, not remake it
+    (model / "metadata.json").write_text(json.dumps(metadata))
+    result = run_module("training.evaluate", "--model", model, "--output", tmp_path / "scores", "--overlays", 0)
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((tmp_path / "scores" / "metrics.json").read_text())["data_sets"][name]
+    assert scored["split"] == "test" and scored["num_images"] == 3

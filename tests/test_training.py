@@ -14,7 +14,6 @@ from algorithm.codec import HeatmapCodec
 from training.augment import (AugmentConfig, augment, random_affine, random_flip, random_intensity,
                               random_inversion, random_overlays)
 from training.loss import heatmap_loss
-from training.targets import encode_batch
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
 
@@ -35,7 +34,7 @@ def batch():
     torch.manual_seed(0)
     points = torch.tensor([[[20.3, 30.7], [np.nan, np.nan], [70.0, 100.2]],
                            [[50.5, 60.5], [10.0, 11.0], [np.nan, np.nan]]])
-    targets, weights = encode_batch(CODEC, points)
+    targets, weights = CODEC.encode(points, xp=torch)
     logits = torch.randn(targets.shape, requires_grad=True)
     return logits, targets, weights
 
@@ -78,7 +77,7 @@ def test_the_loss_is_lowest_when_the_softmax_is_the_target(batch):
 
 def test_targets_peak_at_the_landmark_and_vanish_outside_the_frame():
     points = torch.tensor([[[40.0, 60.0], [-3.0, 50.0], [WIDTH + 1.0, 5.0], [30.0, HEIGHT - 1.0]]])
-    targets, weights = encode_batch(CODEC, points)
+    targets, weights = CODEC.encode(points, xp=torch)
     assert weights.tolist() == [[1, 0, 0, 1]]
     assert targets.shape == (1, 4, HEIGHT // STRIDE, WIDTH // STRIDE)
     decoded, _ = CODEC.decode(targets[0, :1].numpy())
@@ -87,11 +86,11 @@ def test_targets_peak_at_the_landmark_and_vanish_outside_the_frame():
     assert targets[0, 3].max() > 0.5  # on the centre of the last row: still inside
 
 
-def test_the_batched_torch_targets_are_the_codecs_targets():
+def test_the_codec_draws_the_same_targets_from_a_torch_batch_as_from_numpy_images():
     rng = np.random.default_rng(5)
     points = rng.uniform([-8, -8], [WIDTH + 8, HEIGHT + 8], size=(3, 6, 2))
     points[1, 2] = np.nan
-    targets, weights = encode_batch(CODEC, torch.from_numpy(points))
+    targets, weights = CODEC.encode(torch.from_numpy(points), xp=torch)
     for image, image_points in enumerate(points):
         expected_targets, expected_weights = CODEC.encode(image_points)
         np.testing.assert_allclose(targets[image].numpy(), expected_targets, atol=1e-6)

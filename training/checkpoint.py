@@ -48,6 +48,8 @@ def resume(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     state = checkpoint["state"]
+    if "best_mre" in state:  # a run saved before the selection score had its own name
+        state["best_score"] = state.pop("best_mre")
     best_path = folder / BEST
     if is_main and state["best_epoch"] == state["epoch"] and (
             not best_path.is_file() or torch.load(best_path, weights_only=False)["epoch"] != state["epoch"]):

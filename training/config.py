@@ -12,14 +12,13 @@ from algorithm.crops import CropSpec
 from algorithm.devices import DEVICES
 from algorithm.preprocessing import NORMALIZATIONS
 from training.augment import AugmentConfig
-from training.data import make_split
 from training.model import UNet
+from training.stages import STAGES
 
 SELECTIONS = ("source_mean", "pooled")
 # what the validation score that picks best.pt is, by --selection (the epoch line and the summary say it)
 SELECTION_SCORES = {"source_mean": "the mean of the per-data-set validation MREs",
                     "pooled": "the validation MRE pooled over all landmarks"}
-STAGE_NAMES = ("detect", "refine")
 
 
 def _option(default, help: str, choices: tuple[str, ...] | None = None):
@@ -35,7 +34,7 @@ class TrainConfig:
     data: list[list[str]] = field(default_factory=list, metadata={"help": "[images, annotations] pairs"})
     output: str = _option("runs/unet", "run folder: config.json, split.json, last.pt, best.pt, curves")
     stage: str = _option("detect", "detect: the first stage, on the whole image; refine: the second stage, on a "
-                         "full-resolution crop about each landmark", STAGE_NAMES)
+                         "full-resolution crop about each landmark", tuple(STAGES))
     first_stage: str = _option("algorithm/model", "refine: the exported first stage whose landmarks the crops are "
                                "centred on (validation, export)")
     crop_fraction: float = _option(0.08, "refine: crop side as a share of the image content's height")
@@ -87,15 +86,9 @@ class TrainConfig:
             pairs.append((self.images, self.annotations))
         return pairs
 
-    def split(self, num_images: int) -> dict[str, list[int]]:
-        """The train/val/test image indices of a data set of `num_images`, from this run's seed and fractions."""
-        return make_split(num_images, self.seed, self.val_fraction, self.test_fraction)
-
     def codec(self) -> HeatmapCodec:
         """The stage's codec: the whole model input (detect) or one crop (refine)."""
-        if self.stage == "refine":
-            return HeatmapCodec(self.crop_size, self.crop_size, self.stride, self.sigma, self.decoder)
-        return HeatmapCodec(self.input_height, self.input_width, self.stride, self.sigma, self.decoder)
+        return STAGES[self.stage].codec(self)
 
     def crop_spec(self) -> CropSpec:
         return CropSpec(self.crop_fraction, self.crop_size, self.normalization)

@@ -32,6 +32,13 @@ class LandmarkData:
     def __len__(self) -> int:
         return len(self.landmarks)
 
+    def image_name(self, index: int) -> str:
+        """The image's file name (folder data sets) or its slice number in the stack."""
+        return self.images[index].name if isinstance(self.images, list) else f"slice {index + 1}"
+
+    def image_names(self) -> list[str]:
+        return [self.image_name(index) for index in range(len(self))]
+
     def read_images(self, indices: list[int] | None = None) -> Iterator[np.ndarray]:
         """Yield the images (as arrays) with the given indices, in the order given, one at a time: a stack
         is read image by image (`ImageStack.read`), so no more than one raw image is held here."""
@@ -158,15 +165,3 @@ def concatenate(parts: list[PreparedData]) -> PreparedData:
     """One PreparedData of several (the training images of every data set)."""
     return PreparedData(np.concatenate([p.inputs for p in parts]), np.concatenate([p.model_landmarks for p in parts]),
                         [g for p in parts for g in p.geometries])
-
-
-def make_split(num_images: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
-    """A deterministic train/val/test split of image indices from a seed (a test part of at least one
-    image whenever `test_fraction` > 0)."""
-    order = np.random.default_rng(seed).permutation(num_images).tolist()
-    num_test = max(1, int(round(num_images * test_fraction))) if test_fraction > 0 else 0
-    num_val = max(1, int(round(num_images * val_fraction)))
-    split = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
-    if not split["train"]:
-        raise ValueError(f"{num_images} images leave none for training with these fractions")
-    return {name: sorted(indices) for name, indices in split.items()}

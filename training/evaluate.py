@@ -23,41 +23,18 @@ from tqdm import tqdm
 from algorithm.codec import DECODERS
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
-from training.data import LandmarkData, load_sources, prepare_data, source_name
+from training.data import LandmarkData, load_sources, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
                               radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
-from training.plots import image_label, plot_error_cdf
-from training.stages import first_stage_detector, first_stage_inputs, predict_refined
-from training.validation import ValidationSet, predict_with_torch, to_original
+from training.plots import plot_error_cdf
+from training.split import SPLIT_FILE, Split, check_split, read_split, require_split
+from training.stages import STAGES, Predictions
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
 SPLITS = ("auto", "train", "val", "test", "all")
-
-
-@dataclass
-class Predictions:
-    """A set's (N, K, 2) original-pixel landmarks, their (N, K) confidences and, for two stages, the first's."""
-
-    points: np.ndarray
-    confidence: np.ndarray
-    first_stage: np.ndarray | None = None
-
-
-def predict_with_checkpoint(model: torch.nn.Module, config: TrainConfig, data: LandmarkData,
-                            indices: list[int]) -> Predictions:
-    """A torch model's landmarks, decoded as the container decodes; a second-stage checkpoint refines its
-    exported first stage's landmarks."""
-    if config.stage == "refine":
-        first = first_stage_detector(config.first_stage)
-        val_set = ValidationSet(data, indices, first_stage_inputs(first, data, indices, "evaluated"))
-        return Predictions(*predict_refined(config, model, val_set, torch.device("cpu")), val_set.inputs.centres)
-    codec = config.codec()
-    prepared = prepare_data(data, indices, codec.input_height, codec.input_width, config.normalization)
-    points, confidence = predict_with_torch(model, codec, prepared.inputs, torch.device("cpu"), 4)
-    return Predictions(to_original(prepared, points), confidence)
 
 
 def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], decoder: str | None,
@@ -86,7 +63,7 @@ def draw_overlays(data: LandmarkData, indices: list[int], predictions: Predictio
         marks = Marks(data.landmark_names, predictions.points[position], predictions.confidence[position],
                       data.landmarks[index], None if predictions.first_stage is None else
                       predictions.first_stage[position], float(data.spacing[index]))
-        label = image_label(data, index)
+        label = data.image_name(index)
         title = f"{data.name} {label}: MRE {np.nanmean(errors_mm[position]):.2f} mm"
         render(display_gray(image, marks), marks, title, PICTURE_HEIGHT).save(
             folder / f"{data.name}_{Path(label).stem.replace(' ', '-')}.png", compress_level=PNG_COMPRESSION)
@@ -186,68 +163,107 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def split_indices(data: LandmarkData, split: str, config: TrainConfig, trained_on: set[str]) -> tuple[str, list[int]]:
-    """The resolved split name and its image indices; `auto` is `test` for a training data set, else `all`."""
-    if split == "auto":
-        split = "test" if data.name in trained_on else "all"
-    if split == "all":
-        return split, list(range(len(data)))
-    return split, config.split(len(data))[split]
+@dataclass
+class Evaluated:
+    """The model to score: a torch checkpoint's network (None for an exported model folder), its configuration,
+    landmark names and split, whether both stages run, and where it came from."""
+
+    model: torch.nn.Module | None
+    config: TrainConfig
+    names: list[str]
+    split: Split | None
+    two_stages: bool
+    source: Path
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module | None, TrainConfig, list[str], bool]:
-    """The checkpoint's model (None for an exported model), its configuration, landmark names and whether
-    both stages run."""
+def load_model(args: argparse.Namespace) -> Evaluated:
+    """The checkpoint (its split is its run folder's split.json) or the exported model (its metadata's split)."""
     if args.checkpoint:
         model, config, names, _ = load_checkpoint(args.checkpoint)
-        return model, config, names, config.stage == "refine"
+        split = read_split(args.checkpoint.parent / SPLIT_FILE)
+        return Evaluated(model, config, names, split, config.stage == "refine", args.checkpoint)
     metadata = ModelMetadata.load(args.model)
     config = TrainConfig.from_dict(metadata.training.get("config", {}))
-    return None, config, metadata.landmark_names, bool(args.refine and metadata.refinement)
+    return Evaluated(None, config, metadata.landmark_names, metadata.training.get("split"),
+                     bool(args.refine and metadata.refinement), args.model)
+
+
+def evaluation_sources(args: argparse.Namespace, config: TrainConfig) -> list[tuple[str, str]]:
+    """The data sets to score: --data and --images/--annotations, else the model's own training data sets."""
+    if bool(args.images) != bool(args.annotations):
+        raise ValueError("--images and --annotations go together")
+    sources = [tuple(pair) for pair in args.data or []] + ([(args.images, args.annotations)] if args.images else [])
+    if not (sources or config.sources()):
+        raise ValueError("give --data IMAGES ANNOTATIONS (the model records no training data)")
+    return sources or config.sources()
+
+
+def results_folder(args: argparse.Namespace) -> Path:
+    """--output (refused when it holds results, unless --overwrite), else a new runs/evaluation/NNN."""
+    output = args.output or new_output_folder(Path("runs/evaluation"))
+    if output.exists() and any(output.iterdir()) and not args.overwrite:
+        raise ValueError(f"{output} already holds results; choose another --output or add --overwrite")
+    return output
+
+
+def split_indices(data: LandmarkData, part: str, evaluated: Evaluated, trained_on: set[str]) -> tuple[str, list[int]]:
+    """The resolved part and its image indices; `auto` is `test` for a data set the model trained on, else `all`.
+    A part of the split is read from the model's recorded split, refused when it was made for other images."""
+    if part == "auto":
+        part = "test" if data.name in trained_on else "all"
+    if part == "all":
+        return part, list(range(len(data)))
+    split = require_split(evaluated.split, str(evaluated.source))
+    check_split(split, [data], str(evaluated.source))
+    return part, split[data.name][part]
+
+
+def predict(args: argparse.Namespace, evaluated: Evaluated, data: LandmarkData, indices: list[int]) -> Predictions:
+    """The landmarks as the checkpoint's stage validates (torch) or as the container finds them (ONNX)."""
+    if evaluated.model is None:
+        return predict_with_onnx(args.model, data, indices, args.decoder, args.refine, args.shape_check)
+    stage, config = STAGES[evaluated.config.stage], evaluated.config
+    return stage.predict(config, evaluated.model, stage.validation_set(config, data, indices), torch.device("cpu"))
+
+
+def score_data_set(args: argparse.Namespace, evaluated: Evaluated, data: LandmarkData, source: tuple[str, str],
+                   trained_on: set[str], output: Path) -> tuple[dict, np.ndarray, np.ndarray, list]:
+    """One data set scored: its metrics.json entry, errors, confidences and per-image rows; its overlays drawn."""
+    part, indices = split_indices(data, args.split, evaluated, trained_on)
+    predictions = predict(args, evaluated, data, indices)
+    errors = radial_errors_mm(predictions.points, data.landmarks[indices], data.spacing[indices])
+    result = set_result(*source, part, errors, evaluated.names, predictions.confidence)
+    draw_overlays(data, indices, predictions, errors, output / "overlays", args.overlays)
+    print(f"{data.name}, {part} ({len(indices)} images): MRE {result['summary']['MRE']:.3f} mm, "
+          f"SDR@2mm {result['summary']['SDR@2']:.1f} %", flush=True)
+    rows = [(data.name, data.image_name(i), e) for i, e in zip(indices, errors)]
+    return result, errors, predictions.confidence, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        model, config, names, two_stages = load_model(args)
+        evaluated = load_model(args)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {args.checkpoint or args.model}: cannot load the model ({error})", file=sys.stderr)
         return 1
-    if bool(args.images) != bool(args.annotations):
-        print("error: --images and --annotations go together", file=sys.stderr)
-        return 2
-    sources = [tuple(pair) for pair in args.data or []] + ([(args.images, args.annotations)] if args.images else [])
-    sources = sources or config.sources()
-    if not sources:
-        print("error: give --data IMAGES ANNOTATIONS (the model records no training data)", file=sys.stderr)
-        return 1
-    output = args.output or new_output_folder(Path("runs/evaluation"))
-    if output.exists() and any(output.iterdir()) and not args.overwrite:
-        print(f"error: {output} already holds results; choose another --output or add --overwrite", file=sys.stderr)
-        return 1
     try:
-        datasets = load_sources(sources, names)
+        sources = evaluation_sources(args, evaluated.config)
+        output = results_folder(args)
+        datasets = load_sources(sources, evaluated.names)
+        trained_on = {source_name(Path(images)) for images, _ in evaluated.config.sources()}
+        output.mkdir(parents=True, exist_ok=True)
+        scored = [score_data_set(args, evaluated, d, s, trained_on, output) for d, s in zip(datasets, sources)]
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    trained_on = {source_name(Path(images)) for images, _ in config.sources()}
-    output.mkdir(parents=True, exist_ok=True)
-    results, all_errors, all_confidences, per_image = {}, [], [], []
-    for data, (images, ground_truth) in zip(datasets, sources):
-        split, indices = split_indices(data, args.split, config, trained_on)
-        predictions = (predict_with_checkpoint(model, config, data, indices) if args.checkpoint else
-                       predict_with_onnx(args.model, data, indices, args.decoder, args.refine,
-                                         args.shape_check))
-        errors = radial_errors_mm(predictions.points, data.landmarks[indices], data.spacing[indices])
-        all_errors.append(errors), all_confidences.append(predictions.confidence)
-        per_image += [(data.name, image_label(data, i), e) for i, e in zip(indices, errors)]
-        results[data.name] = set_result(images, ground_truth, split, errors, names, predictions.confidence)
-        draw_overlays(data, indices, predictions, errors, output / "overlays", args.overlays)
-        print(f"{data.name}, {split} ({len(indices)} images): MRE {results[data.name]['summary']['MRE']:.3f} mm, "
-              f"SDR@2mm {results[data.name]['summary']['SDR@2']:.1f} %", flush=True)
-    stages = "first stage and refinement" if two_stages else "first stage"
-    result = pooled_result(str(args.checkpoint or args.model), stages, results, all_errors, all_confidences, names)
-    write_results(output, result, dict(zip(results, all_errors)), per_image, names)
+    results = {data.name: entry for data, (entry, *_) in zip(datasets, scored)}
+    errors = [item[1] for item in scored]
+    stages = "first stage and refinement" if evaluated.two_stages else "first stage"
+    result = pooled_result(str(evaluated.source), stages, results, errors, [item[2] for item in scored],
+                           evaluated.names)
+    write_results(output, result, dict(zip(results, errors)), [row for item in scored for row in item[3]],
+                  evaluated.names)
     print_report(result)
     print(f"results in {output}")
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import warnings
@@ -27,16 +26,15 @@ import onnxruntime as ort
 import torch
 
 from algorithm.codec import HeatmapCodec
-from algorithm.metadata import (DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, REFINE_MODEL_FILE, ModelMetadata,
-                                RefinementStage)
-from algorithm.preprocessing import prepare, strip_padding
+from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelMetadata
+from algorithm.preprocessing import CHALLENGE_LANDMARKS
 from algorithm.reader import ImageStack, InputError, looks_like_image
-from training.model import SpatialSoftmax
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.data import load_sources
-from training.shape_model import shape_model_for
-from training.stages import first_stage_detector
+from training.model import SpatialSoftmax
+from training.shape_model import shape_model_of
+from training.split import SPLIT_FILE, read_split
+from training.stages import STAGES, DetectStage, RefineStage
 
 # ONNX Runtime must agree with torch to this fraction of the largest probability,
 # and the decoded landmarks to this many model-input pixels.
@@ -49,19 +47,13 @@ class ExportMismatch(RuntimeError):
     """ONNX Runtime and torch disagree on the exported model."""
 
 
-def comparison_inputs(path: Path, config: TrainConfig, count: int = 2) -> np.ndarray:
-    """Up to `count` images from a stack file or a folder of images, as the stage's model sees them: preprocessed
-    as the container does (detect), or the crops about the first stage's landmarks on the first image (refine)."""
+def comparison_images(path: Path, count: int = 2) -> list[np.ndarray]:
+    """Up to `count` images from a stack file or a folder of images, to compare torch and ONNX Runtime on."""
     files = sorted(p for p in path.iterdir() if p.is_file() and looks_like_image(p)) if path.is_dir() else [path]
     images = list(islice((image for file in files for image in ImageStack(file)), count))
     if not images:
         raise ValueError(f"no image to compare with in {path}")
-    if config.stage == "refine":
-        first = next(first_stage_detector(config.first_stage).predict(images[:1]))
-        return config.crop_spec().extract(strip_padding(images[0]), first.points)[0]
-    codec = config.codec()
-    return np.stack([prepare(image, codec.input_height, codec.input_width, config.normalization)[0]
-                     for image in images])
+    return images
 
 
 def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, codec: HeatmapCodec) -> dict:
@@ -85,12 +77,10 @@ def describe_check(report: dict) -> str:
             f"{report['max_landmark_shift_px']:.4f} model pixels (limit {LANDMARK_TOLERANCE_PX:g})")
 
 
-def next_steps(config: TrainConfig, output: Path) -> str:
-    """What to run after an export: score it, train a second stage on it, refresh the smoke test."""
+def next_steps(stage: DetectStage | RefineStage, output: Path) -> str:
+    """What to run after an export: score it, the stage's own next step, refresh the smoke test."""
     steps = [f"python -m training.evaluate --model {output}          # score it through the container's code"]
-    if config.stage == "detect":
-        steps.append(f"python -m training.train --config training/configs/refine.json --first-stage {output} "
-                     "--data ...   # a second stage on it")
+    steps += stage.next_steps(output)
     if output.resolve() == DEFAULT_MODEL_DIR.resolve():
         steps.append("python -m training.make_smoke_test --keep-stack   # the container's expected output")
     else:
@@ -98,43 +88,26 @@ def next_steps(config: TrainConfig, output: Path) -> str:
     return "next: " + "\n      ".join(steps)
 
 
-def stage_metadata(config: TrainConfig, names: list[str], trained_on: str, accuracy: dict,
-                   training: dict) -> ModelMetadata:
-    """The metadata of the model folder: a first stage's own, or the first stage's with this second stage added."""
-    if config.stage == "detect":
-        return ModelMetadata(landmark_names=names, codec=config.codec(), normalization=config.normalization,
-                             trained_on=trained_on, accuracy=accuracy, training=training)
-    metadata = ModelMetadata.load(Path(config.first_stage))
-    metadata.refinement = RefinementStage(crops=config.crop_spec(), codec=config.codec(), training=training)
-    metadata.accuracy = accuracy or metadata.accuracy
-    metadata.trained_on = trained_on or metadata.trained_on
-    return metadata
-
-
 def export(model: torch.nn.Module, config: TrainConfig, names: list[str], output_dir: Path,
            compare_input: Path, trained_on: str, accuracy: dict, training: dict) -> dict:
     """Write the stage's graph and metadata.json to `output_dir`, only if the export checks pass; a second stage
     goes beside a copy of its first stage (model.onnx) unless `output_dir` is the first stage's folder."""
+    stage = STAGES[config.stage]
     wrapped = SpatialSoftmax(model).eval()
     codec = config.codec()
     dummy = torch.zeros(1, 1, codec.input_height, codec.input_width)
-    graph_file = MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = Path(scratch) / graph_file
+        onnx_path = Path(scratch) / stage.graph_file
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(wrapped, (dummy,), str(onnx_path), dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["heatmaps"],
                           dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}})
         onnx.checker.check_model(str(onnx_path))
-        report = compare_with_torch(wrapped, onnx_path, comparison_inputs(compare_input, config), codec)
-        metadata = stage_metadata(config, names, trained_on, accuracy, {**training, "export_check": report})
+        inputs = stage.comparison_inputs(config, comparison_images(compare_input))
+        report = compare_with_torch(wrapped, onnx_path, inputs, codec)
+        metadata = stage.metadata(config, names, trained_on, accuracy, {**training, "export_check": report})
         output_dir.mkdir(parents=True, exist_ok=True)
-        first_stage = Path(config.first_stage) / MODEL_FILE
-        if config.stage == "refine" and first_stage.resolve() != (output_dir / MODEL_FILE).resolve():
-            shutil.copyfile(first_stage, output_dir / MODEL_FILE)
-        shutil.copyfile(onnx_path, output_dir / graph_file)
-        if config.stage == "detect" and (output_dir / REFINE_MODEL_FILE).exists():
-            (output_dir / REFINE_MODEL_FILE).unlink()  # it refined the replaced first stage's landmarks
+        stage.install(config, onnx_path, output_dir)
         metadata.save(output_dir)
     return report
 
@@ -145,7 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", type=Path, help="a training checkpoint (best.pt or last.pt)")
     source.add_argument("--untrained", type=Path, metavar="CONFIG",
                         help="export a randomly initialised model of this JSON configuration (placeholders, tests)")
-    parser.add_argument("--num-landmarks", type=int, default=38, help="with --untrained (default: 38)")
+    parser.add_argument("--num-landmarks", type=int, default=CHALLENGE_LANDMARKS,
+                        help="with --untrained (default: the challenge's %(default)s)")
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR,
                         help="model folder (default: the container's, %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
@@ -161,23 +135,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.checkpoint:
-        try:
-            model, config, names, checkpoint = load_checkpoint(args.checkpoint)
-        except (OSError, KeyError, ValueError) as error:
-            print(f"error: {args.checkpoint}: cannot load the checkpoint ({error})", file=sys.stderr)
-            return 1
-        training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch")}
-        trained_on = args.trained_on or ("" if config.stage == "refine" else "; ".join(  # refine: the first stage's
-            f"{images} with {annotations}" for images, annotations in config.sources()))
-    else:
-        config = TrainConfig.from_dict(json.loads(args.untrained.read_text()))
+def load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, TrainConfig, list[str], dict, str]:
+    """The model to export, its configuration, landmark names, what its metadata records of training (the
+    configuration, the epoch and the split of its run folder) and its description."""
+    if args.untrained:
+        settings = json.loads(args.untrained.read_text())
+        config = TrainConfig.from_dict(settings)
         torch.manual_seed(config.seed)
         names = [str(k + 1) for k in range(args.num_landmarks)]
-        model, training = config.build_model(len(names)).eval(), {"config": json.loads(args.untrained.read_text())}
         trained_on = args.trained_on or "untrained: random weights, a placeholder that finds no landmark"
+        return config.build_model(len(names)).eval(), config, names, {"config": settings}, trained_on
+    model, config, names, checkpoint = load_checkpoint(args.checkpoint)
+    training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch"),
+                "split": read_split(args.checkpoint.parent / SPLIT_FILE)}
+    return model, config, names, training, args.trained_on or STAGES[config.stage].trained_on(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model, config, names, training, trained_on = load_source(args)
+    except (OSError, KeyError, ValueError) as error:
+        print(f"error: {args.checkpoint or args.untrained}: cannot load the model ({error})", file=sys.stderr)
+        return 1
+    stage = STAGES[config.stage]
     found = [Path(images) for images, _ in config.sources() if Path(images).exists()]
     compare_input = args.compare_input or (found[0] if found else SMOKE_INPUT)
     if (args.output / MODEL_FILE).exists() and not args.overwrite:
@@ -191,20 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportMismatch, InputError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    graph = args.output / (MODEL_FILE if config.stage == "detect" else REFINE_MODEL_FILE)
+    graph = args.output / stage.graph_file
     print(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and metadata.json\n"
           f"check passed: against torch, {describe_check(report)}")
-    if config.stage == "detect" and args.shape_model and args.checkpoint:
-        add_shape_model(args.output, config)
-    print(next_steps(config, args.output))
+    if stage.builds_shape_model and args.shape_model and args.checkpoint:
+        add_shape_model(args.output)
+    print(next_steps(stage, args.output))
     return 0
 
 
-def add_shape_model(model_dir: Path, config: TrainConfig) -> None:
+def add_shape_model(model_dir: Path) -> None:
     """Store the shape model of the training data with a first stage, or say how to add it later."""
     metadata = ModelMetadata.load(model_dir)
     try:
-        metadata.shape = shape_model_for(model_dir, config, load_sources(config.sources(), metadata.landmark_names))
+        metadata.shape = shape_model_of(model_dir, metadata)
     except (ValueError, FileNotFoundError) as error:
         print(f"no shape model ({error}); add one later with python -m training.shape_model --model {model_dir}")
         return

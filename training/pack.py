@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH
+from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH, to_grayscale
 from training.data import load_data
 
 COMPRESSION_LEVEL = 2  # zlib's level as SimpleITK's MetaImage writer uses it: fast, most of the gain on X-rays
@@ -30,7 +30,7 @@ COMPRESSED_SIZE_DIGITS = 20  # room in the header for any CompressedDataSize (a 
 def pad_image(image: np.ndarray, height: int = CHALLENGE_HEIGHT, width: int = CHALLENGE_WIDTH) -> np.ndarray:
     """(height, width, 3) uint8: a 2D image (or the first channel of a colour one) at the top-left,
     zero-padded, copied to R, G and B; refused when it does not fit or its values are not 8-bit."""
-    gray = image[..., 0] if image.ndim == 3 else image
+    gray = to_grayscale(image)
     if gray.shape[0] > height or gray.shape[1] > width:
         raise ValueError(f"{gray.shape[1]} x {gray.shape[0]} does not fit in {width} x {height}")
     if gray.size and (gray.min() < 0 or gray.max() > 255):

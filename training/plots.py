@@ -16,13 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from training.data import LandmarkData
 from training.metrics import SDR_THRESHOLDS_MM
-
-
-def image_label(data: LandmarkData, index: int) -> str:
-    """The image's file name (folder data sets) or its slice number in the stack."""
-    return data.images[index].name if isinstance(data.images, list) else f"slice {index + 1}"
 
 
 def epoch_axis(axis: plt.Axes, epochs: list[int]) -> None:
@@ -84,26 +78,3 @@ def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def plot_overlays(data: LandmarkData, indices: list[int], predicted: np.ndarray, errors_mm: np.ndarray,
-                  folder: Path, count: int) -> None:
-    """The `count` images with the largest MRE: ground truth (green), prediction (red, numbered), error lines."""
-    folder.mkdir(parents=True, exist_ok=True)
-    worst = np.argsort(-np.nanmean(errors_mm, axis=1))[:count]
-    for position, image in zip(worst, data.read_images([indices[p] for p in worst])):
-        truth, guess = data.landmarks[indices[position]], predicted[position]
-        label = image_label(data, indices[position])
-        figure, axis = plt.subplots(figsize=(6, 7.5))
-        axis.imshow(image if image.ndim == 2 else image[..., 0], cmap="gray")
-        for (tx, ty), (px, py) in zip(truth, guess):
-            axis.plot([tx, px], [ty, py], color="yellow", linewidth=0.8)
-        axis.scatter(truth[:, 0], truth[:, 1], s=8, c="lime", label="ground truth")
-        axis.scatter(guess[:, 0], guess[:, 1], s=8, c="red", label="prediction")
-        for number, (px, py) in enumerate(guess, start=1):
-            axis.annotate(str(number), (px, py), xytext=(3, 3), textcoords="offset points", color="red", fontsize=6)
-        axis.set_title(f"{data.name} {label}: MRE {np.nanmean(errors_mm[position]):.2f} mm", fontsize=9)
-        axis.legend(loc="lower left", fontsize=7), axis.set_axis_off()
-        figure.tight_layout()
-        figure.savefig(folder / f"{data.name}_{Path(label).stem.replace(' ', '-')}.png", dpi=100)
-        plt.close(figure)

@@ -21,6 +21,7 @@ from algorithm.preprocessing import strip_padding
 from algorithm.shape import ShapeModel, similarity, to_complex, to_xy
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
+from training.split import Split, check_split, require_split
 from training.stages import first_stage_detector
 
 # Modes kept: the fewest that explain this share of the aligned shapes' variance. 0.8 (8 modes on the two
@@ -126,18 +127,29 @@ def detection_spread(error_xy: np.ndarray, truth_xy: np.ndarray) -> np.ndarray:
     return np.nanmedian(lengths, axis=0) / RAYLEIGH_MEDIAN
 
 
-def shape_model_for(model_dir: Path, config: TrainConfig, datasets: list[LandmarkData]) -> ShapeModel:
+def shape_model_of(model_dir: Path, metadata: ModelMetadata) -> ShapeModel:
+    """The shape model of an exported first stage, from the data sets and the split its metadata records."""
+    config = TrainConfig.from_dict(metadata.training.get("config", {}))
+    if not config.sources():
+        raise ValueError("its metadata records no training data to build a shape model from")
+    datasets = load_sources(config.sources(), metadata.landmark_names)
+    split = require_split(metadata.training.get("split"), str(model_dir))
+    check_split(split, datasets, str(model_dir))
+    return shape_model_for(model_dir, split, datasets)
+
+
+def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData]) -> ShapeModel:
     """The shape model of a trained first stage: training-split ground truth and frames, validation-split
     detector errors."""
     detector = first_stage_detector(model_dir)
     truth, sizes, errors, val_truth = [], [], [], []
     for data in datasets:
-        indices = config.split(len(data))["train"]
+        indices = split[data.name]["train"]
         truth.append(data.landmarks[indices])
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: training image sizes",
                       unit="image")
         sizes += [strip_padding(image).shape[::-1] for image in images]
-        indices = config.split(len(data))["val"]
+        indices = split[data.name]["val"]
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: first stage on validation",
                       unit="image")
         predicted = np.stack([detection.points for detection in detector.predict(images)])
@@ -158,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         metadata = ModelMetadata.load(args.model)
         if metadata.shape is not None and not args.overwrite:
             raise ValueError("its metadata already holds a shape model; add --overwrite to build it again")
-        config = TrainConfig.from_dict(metadata.training.get("config", {}))
-        if not config.sources():
-            raise ValueError("its metadata records no training data to build a shape model from")
-        metadata.shape = shape_model_for(args.model, config, load_sources(config.sources(), metadata.landmark_names))
+        metadata.shape = shape_model_of(args.model, metadata)
     except (OSError, ValueError) as error:
         print(f"error: {args.model}: {error}", file=sys.stderr)
         return 1

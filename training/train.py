@@ -32,11 +32,11 @@ from training.data import load_sources
 from training.loss import heatmap_loss
 from training.plots import plot_curves
 from training.schedule import learning_rate_at
-from training.stages import STAGES, DetectStage, RefineStage
-from training.targets import encode_batch
+from training.split import SPLIT_FILE, Split, check_split, read_split, write_split
+from training.stages import STAGES, TrainingData
 from training.validation import validate
 
-CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, CURVES_FILE = "config.json", "split.json", "history.json", "learning_curves.png"
+CONFIG_FILE, HISTORY_FILE, CURVES_FILE = "config.json", "history.json", "learning_curves.png"
 # what a run writes into its folder: a folder holding any of these holds a run
 RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, CURVES_FILE, checkpoint.LAST, checkpoint.BEST)
 
@@ -49,23 +49,29 @@ class Run:
     output: Path
     device: torch.device
     names: list[str]
-    stage: DetectStage | RefineStage
+    data: TrainingData
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     state: dict
 
 
-def load_run_data(config: TrainConfig, is_main: bool):
-    """Every data set, split per set from the seed, and the stage's training and validation data."""
+def load_run_data(config: TrainConfig, resume: bool, is_main: bool) -> tuple[list[str], Split, TrainingData]:
+    """Every data set, its split (the stage's for a new run, the run's split.json when resuming), and the stage's
+    training and validation data."""
+    stage = STAGES[config.stage]
     datasets = load_sources(config.sources())
-    splits = {d.name: config.split(len(d)) for d in datasets}
+    if resume:
+        split = read_split(Path(config.output) / SPLIT_FILE)
+        check_split(split, datasets, str(Path(config.output) / SPLIT_FILE))
+    else:
+        split = stage.split(config, datasets)
     if is_main:
         for d in datasets:
-            part = splits[d.name]
+            part = split[d.name]
             print(f"  {d.name}: {len(d)} images, {len(part['train'])} train / {len(part['val'])} val / "
                   f"{len(part['test'])} test", flush=True)
-    return datasets, splits, STAGES[config.stage](config, datasets, splits, is_main)
+    return datasets[0].landmark_names, split, stage.training_data(config, datasets, split, is_main)
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -90,25 +96,24 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
     if is_main:
         print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}; "
               f"best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}", flush=True)
-    datasets, splits, stage = load_run_data(config, is_main)
-    names = datasets[0].landmark_names
+    names, split, data = load_run_data(config, resume, is_main)
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not resume:
             remove_run(output)
+            write_split(split, output)
         config.save(output / CONFIG_FILE)
-        (output / SPLIT_FILE).write_text(json.dumps(splits, indent=2) + "\n")
         print(f"  {len(names)} landmarks; configuration written to {output / CONFIG_FILE}", flush=True)
     torch.manual_seed(config.seed)
     model = config.build_model(len(names)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    state = {"epoch": 0, "best_mre": float("inf"), "best_epoch": -1, "history": []}
+    state = {"epoch": 0, "best_score": float("inf"), "best_epoch": -1, "history": []}
     if resume:
         state = checkpoint.resume(output, model, optimizer, scaler, config, names, device, is_main)
         if is_main:
             print(f"resuming {output} at epoch {state['epoch'] + 1}", flush=True)
-    return Run(config, output, device, names, stage, model, optimizer, scaler, state)
+    return Run(config, output, device, names, data, model, optimizer, scaler, state)
 
 
 def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: int, world_size: int) -> float:
@@ -116,7 +121,7 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
     config, device, codec = run.config, run.device, run.config.codec()
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate_at(config, epoch)
-    inputs, landmarks = run.stage.epoch_data(epoch)
+    inputs, landmarks = run.data.epoch_data(epoch)
     images = torch.from_numpy(inputs)[:, None].to(device)
     points = torch.from_numpy(landmarks).float().to(device)
     generator = torch.Generator(device).manual_seed(config.seed * 1000 + epoch * world_size + rank)
@@ -128,7 +133,7 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
     for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0, leave=False):
         index = order[start:start + config.batch_size]
         batch, batch_points = augment(images[index], points[index], config.augment, generator)
-        targets, weights = encode_batch(codec, batch_points)
+        targets, weights = codec.encode(batch_points, xp=torch)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             loss = heatmap_loss(trained_model(batch), targets, weights)
         run.optimizer.zero_grad(set_to_none=True)
@@ -142,8 +147,9 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
 def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
     """Score each validation set, record the epoch, write last.pt (and best.pt if it improved) and the curves."""
     config, state = run.config, run.state
-    result = validate(lambda val_set: run.stage.predict(run.model, val_set, run.device), run.stage.val_sets,
-                      config.selection)
+    stage = STAGES[config.stage]
+    result = validate(lambda val_set: stage.predict(config, run.model, val_set, run.device).points,
+                      run.data.val_sets, config.selection)
     pooled = result["pooled"]
     row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": learning_rate_at(config, epoch),
            "val_MRE": pooled["MRE"], "val_SDR@2": pooled["SDR@2"], "val_score": result["score"],
@@ -151,9 +157,9 @@ def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
            "time": time.time()}
     state["history"].append(row)
     state["epoch"] = epoch + 1
-    improved = result["score"] < state["best_mre"]
+    improved = result["score"] < state["best_score"]
     if improved:
-        state["best_mre"], state["best_epoch"] = result["score"], epoch + 1
+        state["best_score"], state["best_epoch"] = result["score"], epoch + 1
         state["best_summary"] = {**pooled, "sources": result["sources"]}
     checkpoint.save_last(run.output, run.model, run.optimizer, run.scaler, state, config, run.names)
     if improved:
@@ -161,7 +167,7 @@ def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
     (run.output / HISTORY_FILE).write_text(json.dumps(state["history"], indent=2) + "\n")
     plot_curves(state["history"], run.output / CURVES_FILE, state["best_epoch"])
     per_source = "".join(f"  {name} {s['MRE']:.3f}" for name, s in row["val_sources"].items())
-    per_set = f"  per set:{per_source}  score {result['score']:.3f} mm" if len(run.stage.val_sets) > 1 else ""
+    per_set = f"  per set:{per_source}  score {result['score']:.3f} mm" if len(run.data.val_sets) > 1 else ""
     print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val MRE (pooled) {pooled['MRE']:.3f} mm  SDR@2mm "
           f"{pooled['SDR@2']:.1f} %{per_set}{'  (best)' if improved else ''}", flush=True)
 
@@ -186,7 +192,7 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
                 print(f"early stop: no improvement for {config.patience} epochs")
             break
     distributed.teardown(world_size)
-    return {"best_score": run.state["best_mre"], "best_epoch": run.state["best_epoch"],
+    return {"best_score": run.state["best_score"], "best_epoch": run.state["best_epoch"],
             "epochs_done": run.state["epoch"]}
 
 

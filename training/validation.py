@@ -25,8 +25,9 @@ def predict_with_torch(model: torch.nn.Module, codec: HeatmapCodec, inputs: np.n
         for start in range(0, len(inputs), batch_size):
             batch = torch.from_numpy(inputs[start:start + batch_size])[:, None].to(device)
             heatmaps = exported_form(batch).float().cpu().numpy()
-            points.append(codec.decode(heatmaps)[0])
-            confidence.append(codec.confidence(heatmaps))
+            batch_points, batch_confidence = codec.decode(heatmaps)
+            points.append(batch_points)
+            confidence.append(batch_confidence)
     return np.concatenate(points), np.concatenate(confidence)
 
 
@@ -41,7 +42,7 @@ class ValidationSet:
 
     data: LandmarkData
     indices: list[int]
-    inputs: Any  # the stage's: PreparedData (detect) or full-resolution images (refine)
+    prepared: Any  # what the stage predicts from: PreparedData (detect) or FullResolution images (refine)
 
 
 def validate(predict: Callable[[ValidationSet], np.ndarray], sets: list[ValidationSet], selection: str) -> dict:

@@ -1,0 +1,86 @@
+"""The train/validation/test split of each data set: made once from the seed, written beside the run as
+split.json and into the exported model's metadata, and read back wherever a split is needed.
+
+Recomputing it from the seed would silently move images between training and test whenever the way
+splits are made, or the order of a data set's images, changed. A split read back is checked against the
+data it is applied to: the same data sets, the same number of images and the same image names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from training.data import LandmarkData
+
+SPLIT_FILE = "split.json"
+PARTS = ("train", "val", "test")
+
+Split = dict[str, dict]  # data-set name -> {"train": [...], "val": [...], "test": [...], "images": N, "names": hash}
+
+
+def make_split(num_images: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+    """A deterministic train/val/test split of image indices from a seed (a test part of at least one
+    image whenever `test_fraction` > 0)."""
+    order = np.random.default_rng(seed).permutation(num_images).tolist()
+    num_test = max(1, int(round(num_images * test_fraction))) if test_fraction > 0 else 0
+    num_val = max(1, int(round(num_images * val_fraction)))
+    split = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
+    if not split["train"]:
+        raise ValueError(f"{num_images} images leave none for training with these fractions")
+    return {name: sorted(indices) for name, indices in split.items()}
+
+
+def names_digest(data: LandmarkData) -> str:
+    """A short hash of a data set's image names in order (a stack's are its slice numbers)."""
+    return hashlib.sha256("\n".join(data.image_names()).encode()).hexdigest()[:16]
+
+
+def new_split(datasets: list[LandmarkData], seed: int, val_fraction: float, test_fraction: float) -> Split:
+    """Every data set split from the seed, with what identifies the images it was made for."""
+    return {data.name: {**make_split(len(data), seed, val_fraction, test_fraction), "images": len(data),
+                        "names": names_digest(data)} for data in datasets}
+
+
+def check_split(split: Split, datasets: list[LandmarkData], source: str) -> None:
+    """Refuse a split (read from `source`) that was not made for these data sets: another name, image count or
+    image list would put training images into the test part."""
+    for data in datasets:
+        if data.name not in split:
+            raise ValueError(f"{source}: no split for data set {data.name!r} (it has {', '.join(split) or 'none'}); "
+                             "use the data sets the split was made for")
+        part = split[data.name]
+        if part.get("images") != len(data):
+            raise ValueError(f"{source}: the split of {data.name!r} was made for {part.get('images')} images, the "
+                             f"data set has {len(data)}; use the data the split was made for")
+        if part.get("names") != names_digest(data):
+            raise ValueError(f"{source}: the split of {data.name!r} was made for other images (their names or order "
+                             "differ); use the data the split was made for")
+
+
+def write_split(split: Split, folder: Path) -> Path:
+    path = Path(folder) / SPLIT_FILE
+    path.write_text(json.dumps(split, indent=2) + "\n")
+    return path
+
+
+def read_split(path: Path) -> Split:
+    """A split.json, refused with its path when it cannot be read."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the split ({error})") from None
+    if not isinstance(split, dict) or not all(isinstance(p, dict) and set(PARTS) <= set(p) for p in split.values()):
+        raise ValueError(f"{path}: not a split (data-set names, each with train, val and test image indices)")
+    return split
+
+
+def require_split(split: Split | None, source: str) -> Split:
+    """The split a model records (`training.split` in its metadata), refused when it records none."""
+    if not split:
+        raise ValueError(f"{source}: the model records no split of its training data; export it again with "
+                         "python -m training.export from its run folder (which holds split.json)")
+    return split
