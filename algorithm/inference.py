@@ -20,9 +20,9 @@ import onnxruntime as ort
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
+from algorithm.errors import describe
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
 from algorithm.preprocessing import ResizeGeometry, prepare, prepare_region, strip_padding
-from algorithm.reader import describe
 from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
 logger = logging.getLogger(__name__)

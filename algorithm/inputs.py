@@ -14,7 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from algorithm.reader import InputError, InputScope, describe, detached_data_file
+from algorithm.errors import describe
+from algorithm.reader import InputError, InputScope, detached_data_file
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,22 @@ from evalutils import DetectionAlgorithm
 from evalutils.exceptions import FileLoaderError, ValidationError
 from evalutils.io import ImageLoader
 from evalutils.validators import DataFrameValidator
+from pandas import DataFrame, Series
 
 from algorithm.codec import DECODERS
 from algorithm.devices import DEVICES, DeviceError
+from algorithm.errors import describe
 from algorithm.inference import Detection, LandmarkDetector
 from algorithm.inputs import scan_input
 from algorithm.metadata import DEFAULT_MODEL_DIR, MOUNTED_MODEL_DIR, ModelError, graph_digest, locate_model
 from algorithm.output import OutputError, check_output_path, multiple_points, schema_errors, write_json_atomically
-from algorithm.reader import ImageStack, InputError, InputScope, describe, looks_like_image
+from algorithm.reader import ImageStack, InputError, InputScope, looks_like_image
 
 logger = logging.getLogger("algorithm")
 
 DEFAULT_INPUT = Path("/input/images/lateral-dental-x-rays")
 DEFAULT_OUTPUT = Path("/output/orthodontic-landmarks.json")
+INPUT_KEY = "input_image"  # evalutils' key for the input images' loader, validators and cases
 
 
 class StackLoader(ImageLoader):
@@ -49,48 +52,50 @@ class StackLoader(ImageLoader):
         return image.content_hash()
 
     def load(self, *, fname: Path) -> list[dict]:
+        """The file's one case: its hash, its path and the opened stack, which `process_case` reads from."""
         try:
             stack = self.load_image(fname)
         except InputError as error:
             if looks_like_image(fname):
                 raise  # a broken image must not silently shift the z of every later image
             raise FileLoaderError(f"{error}; skipped, as its name is not an image's either") from None
-        return [{"hash": self.hash_image(stack), "path": fname, "label": stack.label}]
+        return [{"hash": self.hash_image(stack), "path": fname, "stack": stack}]
 
 
 class UniqueStacksValidator(DataFrameValidator):
     """Refuse a file given twice (the same bytes), naming both, where evalutils' validator names neither."""
 
-    def validate(self, *, df: list[dict]) -> None:
+    def validate(self, *, df: DataFrame) -> None:
         first_with: dict[str, str] = {}
-        for case in df:
-            if case["hash"] in first_with:
-                raise ValidationError(f"{case['label']}: the same file as {first_with[case['hash']]}; "
+        for content_hash, stack in zip(df["hash"], df["stack"]):
+            if content_hash in first_with:
+                raise ValidationError(f"{stack.label}: the same file as {first_with[content_hash]}; "
                                       "each image must be given once")
-            first_with[case["hash"]] = case["label"]
+            first_with[content_hash] = stack.label
 
 
 class OrthodonticLandmarks(DetectionAlgorithm):
     """Detect the model's landmarks on every image of every stack in the input folder.
 
-    evalutils' `process()` drives it (load, validate, process_cases, save); the cases are a list of
-    dicts in file order rather than a data frame, and the files come from `algorithm.inputs`.
+    evalutils' `process()` drives it: load, validate, process_cases (evalutils' own, a case per file in
+    order), save. `load` and `save` are this class's (the files from `algorithm.inputs`, the "Multiple
+    points" JSON), so they keep the input folder and output file rather than evalutils.
     """
 
     def __init__(self, input_dir: Path, output_file: Path, detector: LandmarkDetector) -> None:
         self.loader = StackLoader()
         super().__init__(
-            index_key="input_image",
-            file_loaders={"input_image": self.loader},
-            validators={"input_image": (UniqueStacksValidator(),)},
-            input_path=Path(input_dir),
-            output_file=Path(output_file),
+            index_key=INPUT_KEY,
+            file_loaders={INPUT_KEY: self.loader},
+            validators={INPUT_KEY: (UniqueStacksValidator(),)},
         )
+        self.input_dir = Path(input_dir)
+        self.output_file = Path(output_file)
         self.detector = detector
 
     def load(self) -> None:
         """Every file `algorithm.inputs` lists (evalutils' own listing misses linked folders) through StackLoader."""
-        files, self.loader.scope = scan_input(self._input_path)
+        files, self.loader.scope = scan_input(self.input_dir)
         cases = []
         for path in files:
             try:
@@ -98,17 +103,11 @@ class OrthodonticLandmarks(DetectionAlgorithm):
             except FileLoaderError as skipped:
                 logger.warning("%s", skipped)
         if not cases:
-            raise FileLoaderError(f"{self._input_path}: no readable image in the input folder")
-        self._cases[self._index_key] = cases
+            raise FileLoaderError(f"{self.input_dir}: no readable image in the input folder")
+        self._cases[INPUT_KEY] = DataFrame(cases)  # where evalutils' validate and process_cases read the cases
 
-    def process_cases(self, file_loader_key: str | None = None) -> None:
-        """Each case in file order, as evalutils does, on the list `load` makes."""
-        cases = self._cases[file_loader_key or self._index_key]
-        self._case_results = [self.process_case(idx=index, case=case) for index, case in enumerate(cases)]
-
-    def process_case(self, *, idx: int, case: dict) -> list[Detection]:
-        # evalutils would hash the whole file again here; the header was checked when loading
-        stack = ImageStack(case["path"], self.loader.scope)
+    def process_case(self, *, idx: int, case: Series) -> list[Detection]:
+        stack = case["stack"]
         logger.info("%s: %d image(s) of %d x %d pixels (height x width)", stack.label, len(stack), stack.height,
                     stack.width)
         try:
@@ -127,6 +126,7 @@ class OrthodonticLandmarks(DetectionAlgorithm):
         return detections
 
     def save(self) -> None:
+        # evalutils' process_cases leaves each case's detections there, and process() calls save without them
         detections = [image for stack in self._case_results for image in stack]
         landmarks = [detection.points for detection in detections]
         value = multiple_points(landmarks, probabilities=[detection.confidence for detection in detections])
@@ -134,11 +134,11 @@ class OrthodonticLandmarks(DetectionAlgorithm):
         if errors:
             raise RuntimeError(f"refusing to write an invalid output: {errors[0]}")
         try:
-            write_json_atomically(value, self._output_file)
+            write_json_atomically(value, self.output_file)
         except OSError as error:
-            raise OutputError(f"{self._output_file}: cannot be written ({describe(error)})") from None
+            raise OutputError(f"{self.output_file}: cannot be written ({describe(error)})") from None
         logger.info("wrote %d points (%d image(s) x %d landmarks) to %s", len(value["points"]), len(landmarks),
-                    self.detector.metadata.num_landmarks, self._output_file)
+                    self.detector.metadata.num_landmarks, self.output_file)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from algorithm.errors import describe
 from algorithm.metaimage import MAX_HEADER_BYTES, READ_CHUNK_BYTES, MetaImageHeader, is_metaimage
 
 # What can be an X-ray: checked on the header, before any pixel is read (the challenge's stacks hold up
@@ -73,15 +74,6 @@ class InputScope:
 
 def looks_like_image(path: Path) -> bool:
     return path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def describe(error: BaseException) -> str:
-    """An exception as one line: the OS's reason for an OSError, else the last line of its message
-    (where SimpleITK and ONNX Runtime put the reason)."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _nrrd_data_file(path: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""algorithm.process: z numbering across stacks, and the committed smoke test end to end."""
+"""algorithm.process: z numbering across stacks, each stack opened once, and the committed smoke test end to end."""
 
 from __future__ import annotations
 
@@ -45,6 +45,24 @@ def test_z_counts_on_across_stacks_in_sorted_file_name_order(tmp_path, untrained
                          "--device", "cpu"]) == 0
     found = assert_valid_output(json.loads(output.read_text()), num_images=5, num_landmarks=UNTRAINED_LANDMARKS)
     np.testing.assert_allclose(found, five_image_landmarks, atol=1e-3)
+
+
+def test_each_stack_is_opened_once(tmp_path, untrained_model, monkeypatch):
+    """The stack loaded for the duplicate check is the one processed: no file's header is read twice."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    two_stacks(folder)
+    opened = []
+    open_stack = ImageStack.__init__
+
+    def counting(stack, path, scope=None):
+        opened.append(path.name)
+        open_stack(stack, path, scope)
+
+    monkeypatch.setattr(ImageStack, "__init__", counting)
+    assert process.main(["--input", str(folder), "--output", str(tmp_path / "landmarks.json"), "--model",
+                         str(untrained_model), "--device", "cpu"]) == 0
+    assert opened == ["a.mha", "b.mha"]
 
 
 def test_the_five_images_are_told_apart(five_image_landmarks):

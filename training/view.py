@@ -24,11 +24,12 @@ import numpy as np
 from evalutils.exceptions import FileLoaderError
 from tqdm import tqdm
 
+from algorithm.errors import describe
 from algorithm.inputs import scan_input
 from algorithm.metadata import DEFAULT_MODEL_DIR, MOUNTED_MODEL_DIR, ModelError, ModelMetadata, locate_model
 from algorithm.output import schema_errors
 from algorithm.process import StackLoader
-from algorithm.reader import ImageStack, InputError, describe
+from algorithm.reader import ImageStack, InputError
 from training.data import fit_landmarks, read_ground_truth, source_name
 from training.evaluate import new_output_folder, pooled_result, print_report, set_result, write_results
 from training.metrics import radial_errors_mm
