@@ -2,12 +2,14 @@
 
     python -m benchmark.phases --input STACK.mha [--model DIR] [--device cpu] [--threads N]
 
-Runs the algorithm's own public pieces (ImageStack, the detector's steps `prepare`, `heatmaps` and
-`decode` that its `predict` chains, the output writer) in the order `algorithm.process` runs them,
-batch size 1, and times each phase with time.perf_counter. Prints one JSON object to stdout:
-fixed costs in seconds (imports, model load, the JSON output), the evalutils validation hash
-of the stack (per stack, so it grows with N), per phase the time of every image in milliseconds,
-and the resident memory after the imports, after the model load and at its peak.
+Loads the model the container would load (`algorithm.metadata.locate_model`) and runs the container's
+own public pieces in the order `algorithm.process` runs them, batch size 1: its StackLoader (the
+stack's header and the checksum of the whole file, with which UniqueStacksValidator refuses a file
+given twice), then for each image of the ImageStack the detector's steps that `LandmarkDetector.predict`
+chains, then the output writer. Each phase is timed with time.perf_counter. Prints one JSON object to
+stdout: the model folder, fixed costs in seconds (imports, model load, the JSON output), the duplicate
+check (per stack, so it grows with N), per phase the time of every image in milliseconds, and the
+resident memory after the imports, after the model load and at its peak.
 """
 
 import time
@@ -18,16 +20,21 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import algorithm.process  # noqa: E402,F401  (the entry point's imports: evalutils, pandas)
+import numpy as np  # noqa: E402
+
 from algorithm.devices import DEVICES  # noqa: E402
-from algorithm.inference import LandmarkDetector  # noqa: E402
-from algorithm.metadata import DEFAULT_MODEL_DIR  # noqa: E402
+from algorithm.inference import Detection, LandmarkDetector  # noqa: E402
+from algorithm.metadata import locate_model  # noqa: E402
 from algorithm.output import multiple_points, schema_errors, write_json_atomically  # noqa: E402
+from algorithm.process import StackLoader  # noqa: E402  (and with it the entry point's imports: evalutils, pandas)
 from algorithm.reader import ImageStack  # noqa: E402
 
-PHASES = ("read", "preprocess", "inference", "decode", "refine")
+# each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's)
+STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "inference": "heatmaps", "decode": "decode",
+                 "reframe": "reframe", "refine": "refine", "finish": "finish"}
 
 
 def resident_mb() -> dict:
@@ -36,41 +43,52 @@ def resident_mb() -> dict:
     return {key: int(fields[name].split()[0]) * 1024 / 1e6 for key, name in (("rss", "VmRSS"), ("peak", "VmHWM"))}
 
 
-def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto", threads: int = 0) -> dict:
+def time_phases(detector: LandmarkDetector, images: Iterable[np.ndarray]) -> tuple[list[Detection], dict]:
+    """Each image through the detector's steps one at a time, as `predict` chains them with batch size 1:
+    the detections, and per phase the milliseconds of every image."""
+    clock = time.perf_counter
+    times: dict[str, list[float]] = {phase: [] for phase in STEP_OF_PHASE}
+    detections = []
+    images = iter(images)
+    while True:
+        marks = [clock()]
+        image = next(images, None)
+        marks.append(clock())
+        if image is None:
+            return detections, times
+        inputs, geometry = detector.prepare(image)
+        marks.append(clock())
+        heatmaps = detector.heatmaps(inputs[None])
+        marks.append(clock())
+        detection = detector.decode(heatmaps, [geometry])[0]
+        marks.append(clock())
+        detection = detector.reframe(image, geometry, detection)
+        marks.append(clock())
+        detection = detector.refine(image, geometry, detection)
+        marks.append(clock())
+        detections.append(detector.finish(image, geometry, detection))
+        marks.append(clock())
+        for phase, start, end in zip(STEP_OF_PHASE, marks, marks[1:]):
+            times[phase].append(1000 * (end - start))
+        del image  # not held while the next one is read
+
+
+def profile(stack_path: Path, model_dir: Path, device: str = "auto", threads: int = 0) -> dict:
+    """The fixed costs, the duplicate check, every image's phases and the memory of one stack's run."""
     clock = time.perf_counter
     imports_s = clock() - _STARTED
     memory = {"after_imports": resident_mb()["rss"]}
 
     start = clock()
-    detector = LandmarkDetector(model_dir, device, threads, 1, None)
+    detector = LandmarkDetector(model_dir, device, threads, batch_size=1)
     model_load_s = clock() - start
     memory["after_model_load"] = resident_mb()["rss"]
 
     start = clock()
-    stack = ImageStack(stack_path)
-    stack.content_hash()  # what the evalutils loader does for the UniqueImagesValidator
-    validation_hash_s = clock() - start
+    StackLoader().load(fname=stack_path)  # the header, and the checksum UniqueStacksValidator compares
+    duplicate_check_s = clock() - start
 
-    times = {phase: [] for phase in PHASES}
-    detections = []
-    images = iter(stack)
-    while True:
-        t0 = clock()
-        image = next(images, None)
-        t1 = clock()
-        if image is None:
-            break
-        inputs, geometry = detector.prepare(image)
-        t2 = clock()
-        heatmaps = detector.heatmaps(inputs[None])
-        t3 = clock()
-        first = detector.decode(heatmaps, [geometry])[0]
-        t4 = clock()
-        detections.append(detector.refine(image, geometry, first))
-        t5 = clock()
-        for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            times[phase].append(1000 * seconds)
-        del image
+    detections, times = time_phases(detector, ImageStack(stack_path))
 
     start = clock()
     value = multiple_points([d.points for d in detections], probabilities=[d.confidence for d in detections])
@@ -82,10 +100,11 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
     memory["peak"] = resident_mb()["peak"]
 
     return {
+        "model": str(model_dir),
         "images": len(detections),
         "providers": detector.providers,
         "fixed_s": {"imports": imports_s, "model_load": model_load_s, "output_json": output_s},
-        "validation_hash_s": validation_hash_s,
+        "duplicate_check_s": duplicate_check_s,
         "per_image_ms": times,
         "total_s": clock() - _STARTED,
         "memory_mb": memory,
@@ -95,11 +114,13 @@ def profile(stack_path: Path, model_dir: Path = DEFAULT_MODEL_DIR, device: str =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.phases", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True, help="one stack (.mha)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="folder with model.onnx and metadata.json")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="folder with model.onnx and metadata.json (default: the one the container would load)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads, 0 = its default")
     args = parser.parse_args(argv)
-    json.dump(profile(args.input, args.model, args.device, args.threads), sys.stdout)
+    model_dir, _ = locate_model(args.model)
+    json.dump(profile(args.input, model_dir, args.device, args.threads), sys.stdout)
     print()
     return 0
 

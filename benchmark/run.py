@@ -18,43 +18,27 @@ import argparse
 import datetime
 import importlib.util
 import json
-import math
-import multiprocessing
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from importlib import metadata as package_metadata
 from pathlib import Path
 
 from algorithm.devices import DEVICES
-from algorithm.metadata import DEFAULT_MODEL_DIR, ModelError, ModelMetadata
-from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH
+from algorithm.metadata import MOUNTED_MODEL_DIR, ModelError, ModelMetadata, locate_model
+from benchmark.parity import max_deviation_px
+from benchmark.report import DUPLICATE_CHECK_PHASE, check_goals, render
+from benchmark.stacks import IMAGE_MB, build_stacks, say, stack_file, warm_page_cache
 from training.synthetic import SCANNER_CONTENT_SIZES
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_compare_outputs():
-    """test/compare_outputs.py, the parity check test.sh runs (standard library only, not a package)."""
-    spec = importlib.util.spec_from_file_location("compare_outputs", REPO / "test" / "compare_outputs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare_outputs = _load_compare_outputs()
 DEFAULT_RESULTS = REPO / "benchmark-results"
-CHANNELS = 3
-IMAGE_MB = CHALLENGE_HEIGHT * CHALLENGE_WIDTH * CHANNELS / 1e6
-NUM_LANDMARKS = 38
-STACK_FORMAT = 1  # bump when the stack recipe changes: cached stacks are then rebuilt
-# goals of the "fast and lean inference" issue
-SPEEDUP_GOAL, SPEEDUP_AIM = 10.0, 20.0
-MEMORY_HEADROOM_MB = 600.0
 OPTION_CONFIGS = [  # (label, --threads, --batch-size); the first is the reference
     ("default", 0, 1), ("threads 1", 1, 1), ("threads 2", 2, 1),
     ("threads 1, batch 4", 1, 4), ("threads 2, batch 4", 2, 4),
@@ -63,74 +47,6 @@ OPTION_CONFIGS = [  # (label, --threads, --batch-size); the first is the referen
 
 class BenchmarkError(RuntimeError):
     pass
-
-
-def say(message: str) -> None:
-    print(f"{datetime.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- stacks
-
-def stack_recipe(count: int, seed: int) -> dict:
-    return {"format": STACK_FORMAT, "images": count, "seed": seed, "content_sizes": SCANNER_CONTENT_SIZES,
-            "landmarks": NUM_LANDMARKS, "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
-
-
-def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Path]:
-    """One input folder per N holding one stack; reused when its recipe and size match."""
-    folders: dict[int, Path] = {}
-    missing = []
-    for count in sorted(set(counts)):
-        folder = stack_root / f"n{count}"
-        stack = folder / "input" / f"stack{count}.mha"
-        recipe_file = folder / "recipe.json"
-        cached = (stack.is_file() and recipe_file.is_file()
-                  and json.loads(recipe_file.read_text()) == json.loads(json.dumps(stack_recipe(count, seed)))
-                  and stack.stat().st_size >= count * IMAGE_MB * 1e6)
-        if not cached:
-            missing.append(count)
-        folders[count] = folder / "input"
-    if missing:
-        start = time.perf_counter()
-        say(f"building synthetic images for stacks of {missing} (once; cached in {stack_root})")
-        # In a separate process: memory this process keeps would count in every measured child's
-        # peak, since a forked child's ru_maxrss includes the pages it shares before exec.
-        builder = multiprocessing.get_context("spawn").Process(target=write_stacks, args=(missing, stack_root, seed))
-        builder.start()
-        builder.join()
-        if builder.exitcode != 0:
-            raise SystemExit(f"building the stacks failed (exit code {builder.exitcode})")
-        say(f"stacks built in {time.perf_counter() - start:.0f} s")
-    return folders
-
-
-def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
-    """Write the stacks of the given sizes (synthetic_set is deterministic per seed, so N images
-    are the first N of max(N))."""
-    from training.pack import write_stack
-    from training.synthetic import synthetic_set
-
-    images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
-    for count in counts:
-        folder = stack_root / f"n{count}"
-        shutil.rmtree(folder, ignore_errors=True)
-        partial = folder / "partial" / f"stack{count}.mha"
-        write_stack(partial, images[:count], count)
-        (folder / "input").mkdir(parents=True)
-        partial.rename(folder / "input" / partial.name)
-        partial.parent.rmdir()
-        (folder / "recipe.json").write_text(json.dumps(stack_recipe(count, seed), indent=2) + "\n")
-        say(f"  wrote {folder / 'input' / partial.name}")
-
-
-def stack_file(folder: Path) -> Path:
-    return next(folder.glob("*.mha"))
-
-
-def warm_page_cache(path: Path) -> None:
-    with open(path, "rb") as handle:
-        while handle.read(1 << 24):
-            pass
 
 
 # ---------------------------------------------------------------- processes
@@ -154,11 +70,15 @@ def run_measured(command: list[str], stdout_path: Path, log_path: Path) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6}
 
 
-def ours_command(input_dir: Path, output: Path, args: argparse.Namespace,
-                 threads: int = 0, batch: int = 1) -> list[str]:
-    command = [sys.executable, "-m", "algorithm.process", "--input", str(input_dir), "--output", str(output),
-               "--device", args.device, "--threads", str(threads), "--batch-size", str(batch)]
-    return command + (["--model", str(args.model)] if args.model else [])
+def model_option(args: argparse.Namespace) -> list[str]:
+    """--model when one is given; without it, each process loads the model the container would (`locate_model`)."""
+    return ["--model", str(args.model)] if args.model else []
+
+
+def ours_command(input_dir: Path, output: Path, args: argparse.Namespace, threads: int = 0,
+                 batch: int = 1) -> list[str]:
+    return [sys.executable, "-m", "algorithm.process", "--input", str(input_dir), "--output", str(output),
+            "--device", args.device, "--threads", str(threads), "--batch-size", str(batch), *model_option(args)]
 
 
 def baseline_command(input_dir: Path, output: Path) -> list[str]:
@@ -189,24 +109,12 @@ def linear_fit(summaries: dict[int, dict]) -> dict | None:
     return {"marginal_s_per_image": marginal, "fixed_s": mean_w - marginal * mean_n}
 
 
-# ---------------------------------------------------------------- parity
-
-def max_deviation_px(reference: Path, other: Path) -> float:
-    """Largest distance between the same landmark of the same image in two outputs (test.sh's comparison);
-    infinite when they differ in anything but the coordinates."""
-    try:
-        return compare_outputs.compare(compare_outputs.load(reference, "reference"), compare_outputs.load(other, "other"),
-                                       tolerance=math.inf)[1]
-    except compare_outputs.ParityError:
-        return math.inf
-
-
 # ---------------------------------------------------------------- phases
 
 def summarize_phases(profiles: list[dict]) -> dict:
-    """Per-image phases pooled over the runs; the stack's validation hash spread over its images."""
+    """Per-image phases pooled over the runs; the stack's duplicate check spread over its images."""
     count = profiles[0]["images"]
-    per_image = {"validation hash": [1000 * profile["validation_hash_s"] / count for profile in profiles]}
+    per_image = {DUPLICATE_CHECK_PHASE: [1000 * profile["duplicate_check_s"] / count for profile in profiles]}
     for phase in profiles[0]["per_image_ms"]:
         per_image[phase] = [ms for profile in profiles for ms in profile["per_image_ms"][phase]]
     means = {phase: statistics.fmean(values) for phase, values in per_image.items()}
@@ -226,117 +134,7 @@ def summarize_phases(profiles: list[dict]) -> dict:
     }
 
 
-# ---------------------------------------------------------------- report
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(cell).rjust(width) for cell, width in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), "  ".join("-" * width for width in widths)] + [line(row) for row in rows])
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def check_goals(results: dict) -> list[dict]:
-    """The issue's goals, each with its numbers and PASS/FAIL."""
-    goals = []
-    ours, base, stacks = results["ours"], results["baseline"], results["stacks"]
-    for count in sorted(ours, key=int):
-        if count in base:
-            ratio = base[count]["s_per_image"] / ours[count]["s_per_image"]
-            goals.append({"goal": f"N={count}: ours >= {SPEEDUP_GOAL:g}x faster per image than the baseline "
-                                  f"(aim {SPEEDUP_AIM:g}x)", "value": round(ratio, 1), "pass": ratio >= SPEEDUP_GOAL})
-        limit = stacks[count]["mb"] + MEMORY_HEADROOM_MB
-        goals.append({"goal": f"N={count}: our peak RSS <= stack + {MEMORY_HEADROOM_MB:g} MB ({limit:.0f} MB)",
-                      "value": round(ours[count]["peak_rss_mb"], 1), "pass": ours[count]["peak_rss_mb"] <= limit})
-    counts = sorted(ours, key=int)
-    for small, large in zip(counts, counts[1:]):
-        growth = ours[large]["peak_rss_mb"] - ours[small]["peak_rss_mb"]
-        goals.append({"goal": f"peak growth N={small} -> {large} <= one image ({IMAGE_MB:.1f} MB): streaming",
-                      "value": round(growth, 1), "pass": growth <= IMAGE_MB})
-    for option in results.get("options", {}).get("configs", []):
-        goals.append({"goal": f"option '{option['label']}' agrees with the default within {compare_outputs.DEFAULT_TOLERANCE_PX} px",
-                      "value": option["max_deviation_px"], "pass": option["max_deviation_px"] <= compare_outputs.DEFAULT_TOLERANCE_PX})
-    return goals
-
-
-def render(results: dict) -> str:
-    out = []
-    settings = results["settings"]
-    model = results["model"]
-    machine = results["machine"]
-    out.append(f"Benchmark {results['started']}  ({machine['cpus']} CPUs, load average at start "
-               f"{machine['load_start']:.2f}, at end {machine['load_end']:.2f}; commit {machine['commit']})")
-    out.append(f"ours: python -m algorithm.process --device {settings['device']}, model input "
-               f"{model.get('input_height')} x {model.get('input_width')}, {model.get('stages', 1)} stage(s) "
-               f"({model.get('trained_on', '?')}); "
-               f"medians of {settings['repeats']} run(s); baseline: {settings['baseline_repeats']} run(s)")
-    ours, base, stacks = results["ours"], results["baseline"], results["stacks"]
-    rows = []
-    for count in sorted(ours, key=int):
-        o, s = ours[count], stacks[count]
-        b = base.get(count)
-        ratio = b["s_per_image"] / o["s_per_image"] if b else None
-        rows.append([
-            count, f"{o['s_per_image']:.3f}", f"{b['s_per_image']:.2f}" if b else "-",
-            f"{ratio:.1f}x" if ratio else "-", verdict(None if ratio is None else ratio >= SPEEDUP_GOAL),
-            f"{o['peak_rss_mb']:.0f}", f"{s['mb']:.0f}", f"{o['peak_rss_mb'] - s['mb']:+.0f}",
-            verdict(o["peak_rss_mb"] <= s["mb"] + MEMORY_HEADROOM_MB), f"{b['peak_rss_mb']:.0f}" if b else "-",
-        ])
-    out.append("")
-    out.append("Whole process, per N (s/image = median wall time / N, startup included)")
-    out.append(table(["N", "ours s/img", "base s/img", "speed-up", f">={SPEEDUP_GOAL:g}x", "ours peak MB",
-                      "stack MB", "peak-stack", f"<=+{MEMORY_HEADROOM_MB:g}", "base peak MB"], rows))
-    for name, fit in results["fits"].items():
-        if fit:
-            out.append(f"{name}: {fit['marginal_s_per_image']:.3f} s per extra image + {fit['fixed_s']:.2f} s fixed "
-                       "(least squares over N)")
-    fits = results["fits"]
-    if all(fits.values()) and fits["ours"]["marginal_s_per_image"] > 0:
-        ratio = fits["baseline"]["marginal_s_per_image"] / fits["ours"]["marginal_s_per_image"]
-        out.append(f"speed-up per extra image (startup excluded): {ratio:.1f}x")
-    counts = sorted(ours, key=int)
-    for small, large in zip(counts, counts[1:]):
-        growth = ours[large]["peak_rss_mb"] - ours[small]["peak_rss_mb"]
-        out.append(f"our peak growth N={small} -> {large}: {growth:+.1f} MB (one image is {IMAGE_MB:.1f} MB) "
-                   f"{verdict(growth <= IMAGE_MB)}")
-
-    phases = results.get("phases")
-    if phases:
-        out.append("")
-        out.append(f"Phases of our algorithm (benchmark.phases, in-process, N={phases['images']}, "
-                   f"{phases['runs']} run(s), batch 1, {', '.join(phases['providers'])})")
-        rows = [[phase, f"{v['mean_ms']:.1f}", f"{v['median_ms']:.1f}", f"{v['max_ms']:.1f}", f"{100 * v['share']:.0f}%"]
-                for phase, v in phases["per_image"].items()]
-        rows.append(["total", f"{phases['per_image_total_ms']:.1f}", "", "", "100%"])
-        out.append(table(["phase", "mean ms/img", "median ms", "max ms", "share"], rows))
-        fixed = phases["fixed_s"]
-        out.append("once per run: " + ", ".join(f"{key.replace('_', ' ')} {value:.2f} s" for key, value in fixed.items())
-                   + " (python startup not included; the validation hash is per stack, shown above per image)")
-        memory = phases["memory_mb"]
-        out.append(f"resident memory: {memory['after_imports']:.0f} MB after the imports, "
-                   f"{memory['after_model_load']:.0f} MB after the model load, {memory['peak']:.0f} MB at the peak")
-
-    options = results.get("options")
-    if options:
-        out.append("")
-        out.append(f"Options (N={options['images']}, medians of {options['repeats']} run(s); deviation = largest "
-                   f"landmark distance from the default run's JSON, tolerance {compare_outputs.DEFAULT_TOLERANCE_PX} px)")
-        rows = [[o["label"], o["threads"], o["batch_size"], f"{o['s_per_image']:.3f}", f"{o['cpu_s']:.1f}",
-                 f"{o['peak_rss_mb']:.0f}", f"{o['max_deviation_px']:.2g}",
-                 verdict(o["max_deviation_px"] <= compare_outputs.DEFAULT_TOLERANCE_PX)] for o in options["configs"]]
-        out.append(table(["option", "--threads", "--batch-size", "s/img", "cpu s", "peak MB", "max dev px", "parity"],
-                         rows))
-
-    out.append("")
-    out.append("Goals")
-    out.append(table(["goal", "value", "result"],
-                     [[g["goal"], g["value"], verdict(g["pass"])] for g in results["goals"]]))
-    return "\n".join(out)
-
-
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- the run
 
 def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -356,14 +154,13 @@ def machine_info() -> dict:
             "commit": commit, "load_start": os.getloadavg()[0]}
 
 
-def model_info(model_dir: Path | None) -> dict:
-    folder = model_dir or DEFAULT_MODEL_DIR
-    try:
-        meta = ModelMetadata.load(folder)
-    except ModelError:
-        return {"folder": str(folder)}
-    return {"folder": str(folder), "input_height": meta.codec.input_height, "input_width": meta.codec.input_width,
-            "stages": 2 if meta.refinement else 1, "trained_on": meta.trained_on, "landmarks": meta.num_landmarks}
+def model_info(explicit: Path | None) -> dict:
+    """The model the container loads given `--model explicit` (`locate_model`); a ModelError if it cannot load it."""
+    folder, origin = locate_model(explicit)
+    meta = ModelMetadata.load(folder)
+    return {"folder": str(folder), "origin": origin, "input_height": meta.codec.input_height,
+            "input_width": meta.codec.input_width, "stages": 2 if meta.refinement else 1,
+            "trained_on": meta.trained_on, "landmarks": meta.num_landmarks}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -388,7 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-phases", action="store_true", help="do not profile the phases")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="our --device (default: %(default)s, as the container runs)")
-    parser.add_argument("--model", type=Path, default=None, help="our model folder (default: algorithm/model)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="our model folder (default: the one the container would load: one mounted at "
+                        f"{MOUNTED_MODEL_DIR}, else algorithm/model)")
     parser.add_argument("--seed", type=int, default=2023, help="seed of the synthetic images (default: %(default)s)")
     parser.add_argument("--stack-dir", type=Path, default=DEFAULT_RESULTS / "stacks",
                         help="where the stacks are built and cached (default: benchmark-results/stacks)")
@@ -410,104 +209,128 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def estimated_minutes(args: argparse.Namespace) -> float:
+    """On a quiet 2-core machine: ours about 2.5 s startup + 0.15 s an image, the baseline 5 s + 5 s an image."""
+    ours_s = lambda n: 2.5 + 0.15 * n  # noqa: E731
+    seconds = (ours_s(min(args.sizes)) + args.repeats * sum(ours_s(n) for n in args.sizes)
+               + args.baseline_repeats * sum(5 + 5 * n for n in args.baseline_sizes)
+               + (args.repeats * ours_s(args.phases_size) if args.phases_size else 0)
+               + (len(OPTION_CONFIGS) * args.repeats * ours_s(args.options_size) if args.options_size else 0))
+    return seconds / 60
+
+
+def prepare_stacks(args: argparse.Namespace) -> dict[int, Path]:
+    """The input folder of every N any measurement needs, built or reused, its stack in the page cache."""
+    counts = set(args.sizes) | set(args.baseline_sizes) | {n for n in (args.options_size, args.phases_size) if n}
+    folders = build_stacks(sorted(counts), args.stack_dir, args.seed)
+    for folder in folders.values():
+        warm_page_cache(stack_file(folder))
+    return folders
+
+
+@dataclass
+class Measurer:
+    """Measures whole processes of one run, each writing its JSON to run_dir/outputs and its logs to run_dir/logs."""
+
+    run_dir: Path
+    folders: dict[int, Path]
+
+    def measure(self, kind: str, count: int, repeat: int, command_for: Callable[[Path, Path], list[str]]) -> dict:
+        name = f"{kind}-n{count}-r{repeat}"
+        output = self.run_dir / "outputs" / f"{name}.json"
+        result = run_measured(command_for(self.folders[count], output), self.run_dir / "logs" / f"{name}.stdout",
+                              self.run_dir / "logs" / f"{name}.log")
+        say(f"{name}: {result['wall_s']:.2f} s ({result['wall_s'] / count:.3f} s/image), "
+            f"peak {result['peak_rss_mb']:.0f} MB")
+        return {**result, "output": str(output)}
+
+    def repeat(self, kind: str, counts: list[int], repeats: int, command_for) -> dict[int, list[dict]]:
+        """`repeats` runs at each N, the sizes interleaved so that a passing load spreads over all of them."""
+        runs: dict[int, list[dict]] = {n: [] for n in counts}
+        for repeat in range(1, repeats + 1):
+            for count in counts:
+                runs[count].append(self.measure(kind, count, repeat, command_for))
+        return runs
+
+
+def measure_sizes(args: argparse.Namespace, measurer: Measurer) -> dict:
+    """Ours and the baseline at their sizes: the runs with their medians, and the least-squares fits over N."""
+    ours_for = partial(ours_command, args=args)
+    measurer.measure("warmup", min(args.sizes), 0, ours_for)  # untimed: imports come from the page cache afterwards
+    ours = measurer.repeat("ours", args.sizes, args.repeats, ours_for)
+    if args.baseline_sizes:  # the baseline's libraries into the page cache too, untimed
+        subprocess.run([sys.executable, "-c", "import torch, skimage.transform, evalutils, SimpleITK"],
+                       cwd=REPO, check=True)
+    baseline = measurer.repeat("baseline", args.baseline_sizes, args.baseline_repeats, baseline_command)
+    summaries = {name: {n: summarize_runs(runs_of_n, n) for n, runs_of_n in runs.items()}
+                 for name, runs in (("ours", ours), ("baseline", baseline))}
+    by_name = {name: {str(n): summary for n, summary in by_n.items()} for name, by_n in summaries.items()}
+    return {**by_name, "fits": {name: linear_fit(by_n) for name, by_n in summaries.items()}}
+
+
+def profile_phases(args: argparse.Namespace, stack: Path, run_dir: Path) -> dict:
+    """benchmark.phases on one stack, once per repeat, pooled."""
+    profiles = []
+    for repeat in range(1, args.repeats + 1):
+        name = f"phases-n{args.phases_size}-r{repeat}"
+        command = [sys.executable, "-m", "benchmark.phases", "--input", str(stack), "--device", args.device]
+        run_measured(command + model_option(args), run_dir / "logs" / f"{name}.stdout",
+                     run_dir / "logs" / f"{name}.log")
+        profiles.append(json.loads((run_dir / "logs" / f"{name}.stdout").read_text()))
+        say(f"{name}: done")
+    return summarize_phases(profiles)
+
+
+def compare_options(args: argparse.Namespace, measurer: Measurer) -> dict:
+    """Each --threads / --batch-size configuration's speed and memory, and its landmarks' distance from the first's."""
+    count, configs = args.options_size, []
+    for label, threads, batch in OPTION_CONFIGS:
+        command_for = partial(ours_command, args=args, threads=threads, batch=batch)
+        runs = measurer.repeat(f"option-t{threads}-b{batch}", [count], args.repeats, command_for)[count]
+        configs.append({"label": label, "threads": threads, "batch_size": batch, **summarize_runs(runs, count)})
+    reference = Path(configs[0]["runs"][0]["output"])
+    for config in configs:
+        config["max_deviation_px"] = max(max_deviation_px(reference, Path(run["output"])) for run in config["runs"])
+    return {"images": count, "repeats": args.repeats, "configs": configs}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.datetime.now()
+    model = model_info(args.model)  # before any stack is built: a model the container cannot load ends it here
     run_dir = args.results_dir / f"run-{started:%Y%m%d-%H%M%S}"
     (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     machine = machine_info()
     if machine["load_start"] > 0.5:
         say(f"warning: load average {machine['load_start']:.2f}: the machine is busy, timings will be pessimistic")
-
-    all_counts = set(args.sizes) | set(args.baseline_sizes)
-    all_counts |= {n for n in (args.options_size, args.phases_size) if n}
-    folders = build_stacks(sorted(all_counts), args.stack_dir, args.seed)
-    for folder in folders.values():
-        warm_page_cache(stack_file(folder))
-    stacks = {str(n): {"path": str(stack_file(folder)), "mb": stack_file(folder).stat().st_size / 1e6}
-              for n, folder in folders.items()}
-
-    # on a quiet 2-core machine: ours about 2.5 s startup + 0.15 s an image, the baseline 5 s + 5 s an image
-    ours_s = lambda n: 2.5 + 0.15 * n  # noqa: E731
-    estimate = (ours_s(min(args.sizes)) + args.repeats * sum(ours_s(n) for n in args.sizes)
-                + args.baseline_repeats * sum(5 + 5 * n for n in args.baseline_sizes)
-                + (args.repeats * ours_s(args.phases_size) if args.phases_size else 0)
-                + (len(OPTION_CONFIGS) * args.repeats * ours_s(args.options_size) if args.options_size else 0))
-    say(f"measuring; about {estimate / 60:.1f} min on a quiet machine; run folder {run_dir}")
-
-    def measure(kind: str, count: int, repeat: int, command_for) -> dict:
-        name = f"{kind}-n{count}-r{repeat}"
-        output = run_dir / "outputs" / f"{name}.json"
-        result = run_measured(command_for(folders[count], output), run_dir / "logs" / f"{name}.stdout",
-                              run_dir / "logs" / f"{name}.log")
-        say(f"{name}: {result['wall_s']:.2f} s ({result['wall_s'] / count:.3f} s/image), "
-            f"peak {result['peak_rss_mb']:.0f} MB")
-        return {**result, "output": str(output)}
-
-    ours_cmd = lambda folder, output: ours_command(folder, output, args)  # noqa: E731
-    # one untimed run first: imports and libraries come from the page cache afterwards, as in every later run
-    measure("warmup", min(args.sizes), 0, ours_cmd)
-    ours_runs: dict[int, list[dict]] = {n: [] for n in args.sizes}
-    for repeat in range(1, args.repeats + 1):  # sizes interleaved, so a passing load spreads over all of them
-        for count in args.sizes:
-            ours_runs[count].append(measure("ours", count, repeat, ours_cmd))
-    base_runs: dict[int, list[dict]] = {n: [] for n in args.baseline_sizes}
-    if args.baseline_sizes:  # the baseline's libraries into the page cache too, untimed
-        subprocess.run([sys.executable, "-c", "import torch, skimage.transform, evalutils, SimpleITK"],
-                       cwd=REPO, check=True)
-    for repeat in range(1, args.baseline_repeats + 1):
-        for count in args.baseline_sizes:
-            base_runs[count].append(measure("baseline", count, repeat, baseline_command))
-
+    folders = prepare_stacks(args)
+    say(f"measuring; about {estimated_minutes(args):.1f} min on a quiet machine; run folder {run_dir}")
     results: dict = {
         "started": f"{started:%Y-%m-%d %H:%M:%S}",
         "command": [sys.executable, "-m", "benchmark.run", *(argv if argv is not None else sys.argv[1:])],
         "machine": machine,
-        "model": model_info(args.model),
+        "model": model,
         "settings": {"sizes": args.sizes, "repeats": args.repeats, "baseline_sizes": args.baseline_sizes,
                      "baseline_repeats": args.baseline_repeats, "device": args.device,
                      "options_size": args.options_size, "phases_size": args.phases_size, "seed": args.seed,
                      "image_mb": IMAGE_MB, "content_sizes_hw": SCANNER_CONTENT_SIZES},
-        "stacks": stacks,
-        "ours": {str(n): summarize_runs(runs, n) for n, runs in ours_runs.items()},
-        "baseline": {str(n): summarize_runs(runs, n) for n, runs in base_runs.items()},
+        "stacks": {str(n): {"path": str(stack_file(folder)), "mb": stack_file(folder).stat().st_size / 1e6}
+                   for n, folder in folders.items()},
     }
-    results["fits"] = {"ours": linear_fit({n: results["ours"][str(n)] for n in args.sizes}),
-                       "baseline": linear_fit({n: results["baseline"][str(n)] for n in args.baseline_sizes})}
-
+    measurer = Measurer(run_dir, folders)
+    results.update(measure_sizes(args, measurer))
     if args.phases_size:
-        profiles = []
-        for repeat in range(1, args.repeats + 1):
-            name = f"phases-n{args.phases_size}-r{repeat}"
-            command = [sys.executable, "-m", "benchmark.phases", "--input", stacks[str(args.phases_size)]["path"],
-                       "--device", args.device] + (["--model", str(args.model)] if args.model else [])
-            run_measured(command, run_dir / "logs" / f"{name}.stdout", run_dir / "logs" / f"{name}.log")
-            profiles.append(json.loads((run_dir / "logs" / f"{name}.stdout").read_text()))
-            say(f"{name}: done")
-        results["phases"] = summarize_phases(profiles)
-
+        results["phases"] = profile_phases(args, stack_file(folders[args.phases_size]), run_dir)
     if args.options_size:
-        count = args.options_size
-        configs = []
-        for label, threads, batch in OPTION_CONFIGS:
-            kind = f"option-t{threads}-b{batch}"
-            def command_for(folder, output, t=threads, b=batch):
-                return ours_command(folder, output, args, t, b)
-            runs = [measure(kind, count, repeat, command_for) for repeat in range(1, args.repeats + 1)]
-            configs.append({"label": label, "threads": threads, "batch_size": batch, **summarize_runs(runs, count)})
-        reference = Path(configs[0]["runs"][0]["output"])
-        for config in configs:
-            config["max_deviation_px"] = max(max_deviation_px(reference, Path(run["output"])) for run in config["runs"])
-        results["options"] = {"images": count, "repeats": args.repeats, "configs": configs}
-
+        results["options"] = compare_options(args, measurer)
     results["machine"]["load_end"] = os.getloadavg()[0]
-    results["goals"] = check_goals(results)
-    report = render(results)
-    results["table"] = report
+    goals = check_goals(results)
+    results["goals"] = list(goals.values())
+    results["table"] = render(results, goals)
     results_file = run_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2) + "\n")
-    print(report)
+    print(results["table"])
     print(f"\nresults: {results_file}")
     return 0
 
@@ -515,6 +338,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchmarkError as error:
+    except (BenchmarkError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -1,12 +1,82 @@
-"""Smoke tests of the benchmarks: they run end to end on the smallest input and print their tables."""
+"""Tests of the benchmarks: the phase profiler runs the detector's own steps, and each benchmark runs end to end
+on the smallest input and prints its table."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 
+import numpy as np
 import pytest
-from conftest import run_module
+from conftest import FIVE_HEIGHT, FIVE_IMAGES, FIVE_WIDTH, UNTRAINED_LANDMARKS, pad_gray, run_module, save_stack
+
+from algorithm import inference, metadata
+from algorithm.inference import LandmarkDetector
+from benchmark import phases, run
+from benchmark.phases import STEP_OF_PHASE, time_phases
+
+# the detector's steps: its public methods but the one that chains them
+DETECTOR_STEPS = sorted(name for name, member in vars(LandmarkDetector).items()
+                        if callable(member) and not name.startswith("_") and name != "predict")
+
+
+def steps_called(detector: LandmarkDetector, monkeypatch, run) -> tuple[list[str], list[str]]:
+    """The detector's steps that `run()` calls, in order: all of them, and those it calls itself (not from a step)."""
+    every, outermost, depth = [], [], [0]
+    with monkeypatch.context() as patch:
+        for step in DETECTOR_STEPS:
+            def spy(*args, _step=step, _method=getattr(detector, step), **kwargs):
+                every.append(_step)
+                if depth[0] == 0:
+                    outermost.append(_step)
+                depth[0] += 1
+                try:
+                    return _method(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+            patch.setattr(detector, step, spy)
+        run()
+    return every, outermost
+
+
+@pytest.mark.parametrize("reframed", [False, True])
+def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_model, monkeypatch, reframed):
+    if reframed:  # the first stage looks again at the skull's frame in every image
+        monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
+        monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
+    images = list(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))
+    predicted, profiled = [], []
+    in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))
+    in_profiler, _ = steps_called(full_model, monkeypatch, lambda: profiled.extend(time_phases(full_model, images)[0]))
+    assert in_predict.count("heatmaps") == (2 if reframed else 1) * len(images)
+    assert in_profiler == in_predict
+    assert {step for step in STEP_OF_PHASE.values() if step} == set(chained)
+    assert len(profiled) == len(predicted) == len(images)
+    for ours, theirs in zip(profiled, predicted):
+        np.testing.assert_array_equal(ours.points, theirs.points)
+        np.testing.assert_array_equal(ours.confidence, theirs.confidence)
+        assert ours.notes == theirs.notes
+
+
+def test_the_phase_profile_loads_a_mounted_model_and_times_every_phase_of_every_image(untrained_model, tmp_path,
+                                                                                       monkeypatch, capsys):
+    monkeypatch.setattr(metadata, "MOUNTED_MODEL_DIR", untrained_model)  # where grand-challenge puts an uploaded one
+    stack = save_stack(tmp_path, "stack.mha", FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH)
+    assert phases.main(["--input", str(stack), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == str(untrained_model)
+    assert result["images"] == len(FIVE_IMAGES)
+    assert list(result["per_image_ms"]) == list(STEP_OF_PHASE)
+    assert all(len(times) == len(FIVE_IMAGES) and min(times) > 0 for times in result["per_image_ms"].values())
+    assert result["duplicate_check_s"] > 0 and min(result["fixed_s"].values()) > 0
+    assert 0 < result["memory_mb"]["after_imports"] <= result["memory_mb"]["peak"]
+
+
+def test_the_container_benchmark_reports_the_mounted_model_the_container_loads(untrained_model, monkeypatch):
+    monkeypatch.setattr(metadata, "MOUNTED_MODEL_DIR", untrained_model)
+    model = run.model_info(None)
+    assert (model["folder"], model["origin"]) == (str(untrained_model), "mounted")
+    assert model["landmarks"] == UNTRAINED_LANDMARKS
 
 
 @pytest.mark.slow
