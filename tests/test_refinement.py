@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from conftest import REPO, TINY_CONFIG, assert_valid_output, run_module
 
 from algorithm.codec import HeatmapCodec
-from algorithm.crops import CropSpec, refine_landmarks
+from algorithm.crops import MAX_CROP_OFFSET, CropSpec, refine_landmarks
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.output import multiple_points
@@ -55,10 +56,23 @@ def test_crop_coordinates_map_back_exactly_and_place_every_landmark_in_every_cro
     np.testing.assert_allclose(np.diagonal(every, axis1=0, axis2=1).T, geometry.to_crop(points))
 
 
-def test_crops_near_the_border_repeat_the_edge_without_failing():
-    crops, _ = CropSpec(0.3, 16).extract(np.arange(100 * 80, dtype=np.uint16).reshape(100, 80),
-                                         np.array([[-5.0, -5.0], [79.0, 99.0], [500.0, 40.0]]))
-    assert np.isfinite(crops).all()
+def test_crops_near_the_border_repeat_the_edge_pixels():
+    """Outside the image a crop sees the nearest edge pixel. On the linear image 80 y + x bilinear samples are
+    exact, so each crop pixel is the mean of 80 y + x over its 2 x 2 sub-samples (scale / 4 either side of its
+    centre on each axis), each coordinate clamped into the image, then z-scored per crop."""
+    height, width, size = 100, 80, 16
+    centres = np.array([[-5.0, -5.0], [79.0, 99.0], [500.0, 40.0]])
+    crops, _ = CropSpec(0.3, size).extract(np.arange(height * width, dtype=np.uint16).reshape(height, width), centres)
+    scale = 0.3 * height / size  # 1.875 original pixels a crop pixel: two sub-samples on each axis
+    footprints = (np.arange(size) - (size - 1) / 2)[:, None] * scale + [-scale / 4, scale / 4]
+    for crop, (x, y) in zip(crops, centres):
+        xs = np.clip(x + footprints, 0, width - 1).mean(axis=1)
+        ys = np.clip(y + footprints, 0, height - 1).mean(axis=1)
+        raw = width * ys[:, None] + xs[None, :]
+        np.testing.assert_allclose(crop, (raw - raw.mean()) / raw.std(), atol=1e-5)
+    # right of the image every column repeats its last one (x = 79), and the rows rise evenly with y
+    rows = (np.arange(size) - (size - 1) / 2) / np.arange(size).std()
+    np.testing.assert_allclose(crops[2], np.repeat(rows[:, None], size, axis=1), atol=1e-5)
 
 
 def test_refinement_finds_the_landmark_in_each_crop_through_its_own_channel():
@@ -91,17 +105,35 @@ def test_confidence_is_the_mass_near_the_peak():
     assert codec.decode(flat)[1][0] <= window / flat[0].size  # no more than the window's share of the map
 
 
+def pairwise_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The AUROC counted by brute force: the share of (positive, negative) pairs the positive scores higher in,
+    ties counted half; NaN without a pair."""
+    pairs = scores[positive][:, None] - scores[~positive][None, :]
+    return float(((pairs > 0) + 0.5 * (pairs == 0)).mean()) if pairs.size else float("nan")
+
+
 def test_auroc_matches_a_pairwise_count_and_the_report_splits_the_least_confident():
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 6, 300).astype(float)
     positive = rng.random(300) < 0.2 + 0.1 * scores
-    pairs = scores[positive][:, None] - scores[~positive][None, :]
-    assert auroc(scores, positive) == pytest.approx(((pairs > 0) + 0.5 * (pairs == 0)).mean())
+    assert auroc(scores, positive) == pytest.approx(pairwise_auroc(scores, positive))
     errors = np.array([[0.5, 3.0, np.nan], [1.0, 5.0, 0.7]])
     confidence = np.array([[0.9, 0.2, 0.5], [0.8, 0.1, 0.95]])
     report = confidence_report(confidence, errors, least_share=0.2)
     assert report["AUROC"] == 1.0
     assert report["MRE_least_confident"] == 5.0 and report["MRE_rest"] == pytest.approx((0.5 + 3.0 + 1.0 + 0.7) / 4)
+
+
+@pytest.mark.parametrize("confidence, expected", [
+    ([0.9, 0.8, 0.3, 0.2, 0.5], 1.0),    # every error above 2 mm less confident than every one below
+    ([0.2, 0.3, 0.8, 0.9, 0.5], 0.0),    # every one more confident
+    ([0.5, 0.5, 0.5, 0.5, 0.1], 0.5),    # all tied
+    ([0.9, 0.4, 0.6, 0.4, 0.0], 0.625),  # pairs (above, below): (0.6, 0.9) 1, (0.6, 0.4) 0, (0.4, 0.9) 1, tie 0.5
+])
+def test_the_confidence_report_gives_the_auroc_of_low_confidence_for_large_errors(confidence, expected):
+    """Errors 3 and 4 mm are above the 2 mm threshold, 0.5 and 1 mm below; the fifth landmark is unannotated."""
+    errors = np.array([[0.5, 1.0, 3.0, 4.0, np.nan]])
+    assert confidence_report(np.array([confidence]), errors)["AUROC"] == expected
 
 
 def test_probabilities_are_written_per_point_in_the_unit_interval():
@@ -112,6 +144,17 @@ def test_probabilities_are_written_per_point_in_the_unit_interval():
 
 
 # ---------------------------------------------------------------- the life cycle, on the synthetic set
+
+
+def assert_some_moved_none_beyond_their_crops(refined: np.ndarray, first: np.ndarray,
+                                              images: list[np.ndarray]) -> None:
+    """The second stage moves some of the (N, K, 2) first-stage landmarks, none further on either axis than
+    MAX_CROP_OFFSET of its crop's side (tiny-refine's crop fraction of the image's height): a landmark
+    refined further keeps its first-stage position."""
+    moved = np.abs(refined - first)
+    sides = json.loads(TINY_REFINE.read_text())["crop_fraction"] * np.array([image.shape[0] for image in images])
+    assert (moved > 1e-3).any()
+    assert (moved <= MAX_CROP_OFFSET * sides[:, None, None] + 1e-3).all(), moved.max()
 
 
 @pytest.fixture(scope="module")
@@ -177,24 +220,52 @@ def test_no_refine_gives_the_first_stage_and_refine_moves_the_landmarks(two_stag
     unrefined = [d.points for d in LandmarkDetector(two_stage_model, device="cpu", refine=False).predict(images)]
     refined = list(LandmarkDetector(two_stage_model, device="cpu").predict(images))
     np.testing.assert_array_equal(np.stack(unrefined), np.stack(alone))
-    assert not np.allclose(np.stack([d.points for d in refined]), np.stack(alone))
+    assert_some_moved_none_beyond_their_crops(np.stack([d.points for d in refined]), np.stack(alone), images)
     assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in refined)
     argmax = LandmarkDetector(two_stage_model, device="cpu", decoder="argmax")
     assert (argmax.codec.decoder, argmax.refine_codec.decoder) == ("argmax", "argmax")  # --decoder: both stages
 
 
+def per_image_errors(path: Path) -> dict[int, np.ndarray]:
+    """evaluate's per_image.csv as each image's radial errors in mm, by the image's index in the synthetic set
+    (its file case_NN.png is image NN - 1)."""
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    return {int(Path(row[1]).stem.split("_")[1]) - 1: np.array(row[3:], dtype=np.float64) for row in rows}
+
+
 @pytest.mark.slow
-def test_evaluate_scores_with_and_without_the_second_stage(two_stage_model, tmp_path):
-    results = {}
-    for flag in ("--refine", "--no-refine"):
+def test_evaluate_scores_the_refined_landmarks_or_the_first_stage_alone(two_stage_model, first_stage,
+                                                                        synthetic_dataset, tmp_path):
+    """Each image's radial errors, --refine from the two stages and --no-refine from the first stage alone, and
+    the AUROC, mean and least confident landmark of the refined confidences: as computed here by hand from the
+    detectors' landmarks."""
+    detectors = {"--refine": LandmarkDetector(two_stage_model, device="cpu"),
+                 "--no-refine": LandmarkDetector(first_stage, device="cpu")}
+    results, detections, errors = {}, {}, {}
+    for flag, detector in detectors.items():
         result = run_module("training.evaluate", "--model", two_stage_model, "--output", tmp_path / flag, flag)
         assert result.returncode == 0, result.stderr
         assert "confidence, " in result.stdout and "AUROC" in result.stdout
         results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
+        written = per_image_errors(tmp_path / flag / "per_image.csv")
+        detections[flag] = list(detector.predict([synthetic_dataset.images[i] for i in written]))
+        truth, spacing = synthetic_dataset.landmarks[list(written)], synthetic_dataset.spacing[list(written)]
+        points = np.stack([d.points for d in detections[flag]])
+        errors[flag] = np.hypot(*(points - truth).transpose(2, 0, 1)) * spacing[:, None]
+        np.testing.assert_allclose(np.stack(list(written.values())), errors[flag], atol=6e-4)  # 3 decimals
     assert results["--refine"]["stages"] == "first stage and refinement"
     assert results["--no-refine"]["stages"] == "first stage"
-    assert results["--refine"]["summary"]["MRE"] != results["--no-refine"]["summary"]["MRE"]
-    assert 0 <= results["--refine"]["confidence"]["AUROC"] <= 1 or np.isnan(results["--refine"]["confidence"]["AUROC"])
+    scored = ~np.isnan(errors["--refine"])
+    scored_errors = errors["--refine"][scored]
+    scored_confidence = np.stack([d.confidence for d in detections["--refine"]])[scored]
+    report = results["--refine"]["confidence"]
+    # NaN: a one-epoch model's errors are all above 2 mm (the hand-made rankings above test the value)
+    assert report["AUROC"] == pytest.approx(pairwise_auroc(-scored_confidence, scored_errors > report["threshold_mm"]),
+                                            nan_ok=True)
+    assert report["mean_confidence"] == pytest.approx(scored_confidence.mean())
+    assert scored_errors.size == 10  # so the 10 % least confident are the least confident landmark alone
+    assert report["MRE_least_confident"] == pytest.approx(scored_errors[scored_confidence.argmin()])
 
 
 @pytest.mark.slow
@@ -211,19 +282,23 @@ def test_evaluating_the_checkpoint_gives_what_its_export_gives(refine_run, two_s
 
 
 @pytest.mark.slow
-def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_model, packed_dataset, tmp_path):
-    outputs = {}
-    for flag in ("--refine", "--no-refine"):
+def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_model, first_stage, packed_dataset,
+                                                                  synthetic_dataset, tmp_path):
+    """Each run logs its own stages; --no-refine writes the first stage's landmarks, --refine moves some of them,
+    each within its crop."""
+    points = {}
+    for flag, stages in (("--refine", "two stages"), ("--no-refine", "first stage only (--no-refine)")):
         output = tmp_path / f"{flag}.json"
         result = run_module("algorithm.process", "--input", packed_dataset.stack.parent, "--output", output,
                             "--model", two_stage_model, "--device", "cpu", flag)
         assert result.returncode == 0, result.stderr
+        assert f"(height x width), {stages}, " in result.stderr, result.stderr
         value = json.loads(output.read_text())
-        assert_valid_output(value, 12, 5)
+        points[flag] = assert_valid_output(value, 12, 5)
         assert all(0 <= point["probability"] <= 1 for point in value["points"])
-        outputs[flag] = value
-    assert "two stages" in result.stderr or "first stage only" in result.stderr
-    assert outputs["--refine"]["points"] != outputs["--no-refine"]["points"]
+    alone = np.stack([d.points for d in LandmarkDetector(first_stage, device="cpu").predict(synthetic_dataset.images)])
+    np.testing.assert_allclose(points["--no-refine"], alone, atol=5e-4)  # written to 3 decimals
+    assert_some_moved_none_beyond_their_crops(points["--refine"], points["--no-refine"], synthetic_dataset.images)
 
 
 @pytest.mark.slow
