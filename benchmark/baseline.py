@@ -39,10 +39,11 @@ from evalutils.validators import UniqueImagesValidator, UniquePathIndicesValidat
 from skimage import transform as sk_transform
 from torch import nn
 
+from algorithm.preprocessing import CHALLENGE_LANDMARKS
+
 logger = logging.getLogger("baseline")
 
 INPUT_SIZE = 512
-NUM_LANDMARKS = 38
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -57,7 +58,7 @@ def _level(in_channels: int, middle: int, out_channels: int) -> nn.Sequential:
 class BaselineUNet(nn.Module):
     """64-128-256-512 encoder (512 is the bottleneck), 256-128-64 decoder, 38 sigmoid heatmaps."""
 
-    def __init__(self, in_channels: int = 3, num_landmarks: int = NUM_LANDMARKS) -> None:
+    def __init__(self, in_channels: int = 3, num_landmarks: int = CHALLENGE_LANDMARKS) -> None:
         super().__init__()
         widths = (64, 128, 256, 512)
         self.encoder = nn.ModuleList()

@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_WIDTH
+from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_LANDMARKS, CHALLENGE_WIDTH
 from training.synthetic import SCANNER_CONTENT_SIZES
 
 CHANNELS = 3
 IMAGE_MB = CHALLENGE_HEIGHT * CHALLENGE_WIDTH * CHANNELS / 1e6
-NUM_LANDMARKS = 38
 STACK_FORMAT = 1  # bump when the stack recipe changes: cached stacks are then rebuilt
 
 
@@ -32,7 +31,7 @@ def say(message: str) -> None:
 def stack_recipe(count: int, seed: int) -> dict:
     """What a stack of `count` images is made of; a cached stack with another recipe is rebuilt."""
     return {"format": STACK_FORMAT, "images": count, "seed": seed, "content_sizes": SCANNER_CONTENT_SIZES,
-            "landmarks": NUM_LANDMARKS, "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
+            "landmarks": CHALLENGE_LANDMARKS, "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
 
 
 def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Path]:
@@ -69,7 +68,7 @@ def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
     from training.pack import write_stack
     from training.synthetic import synthetic_set
 
-    images, _ = synthetic_set(max(counts), NUM_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
+    images, _ = synthetic_set(max(counts), CHALLENGE_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
     for count in counts:
         folder = stack_root / f"n{count}"
         shutil.rmtree(folder, ignore_errors=True)

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from algorithm.inference import CLAMPED_PROBABILITY, MIN_CONTENT_SIDE, LandmarkDetector
+from algorithm.inference import CLAMPED_PROBABILITY, MIN_CONTENT_SIDE
 from training.synthetic import synthetic_image, synthetic_landmarks
 from tests.conftest import UNTRAINED_LANDMARKS, save_stack
 
