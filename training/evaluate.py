@@ -181,7 +181,7 @@ def load_model(args: argparse.Namespace) -> Evaluated:
     if args.checkpoint:
         model, config, names, _ = load_checkpoint(args.checkpoint)
         split = read_split(args.checkpoint.parent / SPLIT_FILE)
-        return Evaluated(model, config, names, split, config.stage == "refine", args.checkpoint)
+        return Evaluated(model, config, names, split, STAGES[config.stage].refines, args.checkpoint)
     metadata = ModelMetadata.load(args.model)
     config = TrainConfig.from_dict(metadata.training.get("config", {}))
     return Evaluated(None, config, metadata.landmark_names, metadata.training.get("split"),

@@ -137,6 +137,7 @@ class DetectStage:
 
     name = "detect"
     graph_file = MODEL_FILE
+    refines = False  # whether it refines another stage's landmarks (a checkpoint of it scores both stages)
     builds_shape_model = True  # the shape model corrects this stage's landmarks, so it is made with it
 
     def codec(self, config: TrainConfig) -> HeatmapCodec:
@@ -191,6 +192,7 @@ class RefineStage:
 
     name = "refine"
     graph_file = REFINE_MODEL_FILE
+    refines = True
     builds_shape_model = False
 
     def codec(self, config: TrainConfig) -> HeatmapCodec:
