@@ -149,13 +149,17 @@ class DetectStage:
 
     def validation_set(self, config: TrainConfig, data: LandmarkData, indices: list[int],
                        progress: bool = True) -> ValidationSet:
-        return ValidationSet(data, indices, prepare_data(data, indices, config.input_height, config.input_width,
-                                                         config.normalization))
+        return ValidationSet(data, indices, self.model_inputs(config, data, indices))
 
     def training_data(self, config: TrainConfig, datasets: list[LandmarkData], split: Split,
                       is_main: bool) -> TrainingData:
-        train = concatenate([self.validation_set(config, d, split[d.name]["train"]).prepared for d in datasets])
+        train = concatenate([self.model_inputs(config, d, split[d.name]["train"]) for d in datasets])
         return WholeImages([self.validation_set(config, d, split[d.name]["val"]) for d in datasets], train)
+
+    @staticmethod
+    def model_inputs(config: TrainConfig, data: LandmarkData, indices: list[int]) -> PreparedData:
+        """The chosen images preprocessed by the container's own code, at the configured input size."""
+        return prepare_data(data, indices, config.input_height, config.input_width, config.normalization)
 
     def predict(self, config: TrainConfig, model: torch.nn.Module, val_set: ValidationSet,
                 device: torch.device) -> Predictions:
@@ -200,7 +204,7 @@ class RefineStage:
 
     def split(self, config: TrainConfig, datasets: list[LandmarkData]) -> Split:
         """The first stage's own split (its validation and test images must not become training crops here)."""
-        metadata = first_stage_detector(config.first_stage).metadata
+        metadata = ModelMetadata.load(Path(config.first_stage))
         check_landmarks(metadata, config, datasets[0].landmark_names)
         split = require_split(metadata.training.get("split"), f"{config.first_stage} (the first stage)")
         check_split(split, datasets, f"{config.first_stage} (the first stage)")
