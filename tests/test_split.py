@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.data import LandmarkData
-from training.split import check_split, new_split, read_split, require_split, write_split
+from training.split import check_split, new_split, part_of, read_split, require_split, write_split
 
 
 def folder_data(name: str, files: list[str]) -> LandmarkData:
@@ -51,3 +51,20 @@ def test_a_model_without_a_split_and_a_file_that_is_not_one_are_refused(tmp_path
     (tmp_path / "split.json").write_text('{"hamedan": {"train": [1]}}')
     with pytest.raises(ValueError, match="not a split"):
         read_split(tmp_path / "split.json")
+
+
+def test_no_validation_and_no_test_part_trains_on_every_image():
+    split = new_split([folder_data("hamedan", FILES)], seed=0, val_fraction=0, test_fraction=0)["hamedan"]
+    assert (split["train"], split["val"], split["test"]) == (list(range(20)), [], [])
+    held_out = new_split([folder_data("hamedan", FILES)], seed=0, val_fraction=0.01, test_fraction=0)["hamedan"]
+    assert (len(held_out["val"]), held_out["test"]) == (1, [])
+
+
+def test_an_empty_part_is_refused_pointing_to_the_split_run():
+    split = new_split([folder_data("hamedan", FILES)], seed=0, val_fraction=0, test_fraction=0)
+    with pytest.raises(ValueError) as refused:
+        part_of(split, "hamedan", "test", "runs/all/model", split_run="runs/split")
+    assert str(refused.value) == ("runs/all/model: its split holds no test images of 'hamedan'; it was trained on "
+                                  "every image: score the model of its split run, runs/split, whose held-out images "
+                                  "these were")
+    assert part_of(split, "hamedan", "train", "runs/all/model") == list(range(20))

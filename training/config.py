@@ -59,8 +59,11 @@ class TrainConfig:
     seed: int = _option(0, "seed of the split, the initial weights and the augmentation")
     selection: str = _option("source_mean", "validation score that picks best.pt: the mean of the per-data-set "
                              "MREs (every centre alike) or the MRE pooled over all landmarks", SELECTIONS)
-    val_fraction: float = _option(0.15, "share of each data set for validation")
-    test_fraction: float = _option(0.15, "share of each data set held out for testing")
+    val_fraction: float = _option(0.15, "share of each data set for validation (0: none; every epoch is kept, the "
+                                  "model is last.pt)")
+    test_fraction: float = _option(0.15, "share of each data set held out for testing (0: none)")
+    split_run: str = _option("", "a run on every image (--all-images): the run trained on a split whose recipe "
+                             "and epoch count it repeats and whose held-out figures estimate it")
     threads: int = _option(0, "CPU threads for torch (0: torch's default)")
     device: str = _option("auto", "training device: auto (CUDA when available), cuda or cpu", DEVICES)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

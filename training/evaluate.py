@@ -30,7 +30,7 @@ from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table
                               radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import plot_error_cdf
-from training.split import SPLIT_FILE, Split, check_split, read_split, require_split
+from training.split import SPLIT_FILE, Split, check_split, part_of, read_split, require_split
 from training.stages import STAGES, Predictions
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
@@ -215,7 +215,7 @@ def split_indices(data: LandmarkData, part: str, evaluated: Evaluated, trained_o
         return part, list(range(len(data)))
     split = require_split(evaluated.split, str(evaluated.source))
     check_split(split, [data], str(evaluated.source))
-    return part, split[data.name][part]
+    return part, part_of(split, data.name, part, str(evaluated.source), evaluated.config.split_run)
 
 
 def predict(args: argparse.Namespace, evaluated: Evaluated, data: LandmarkData, indices: list[int]) -> Predictions:

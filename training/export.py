@@ -115,7 +115,8 @@ def export(model: torch.nn.Module, config: TrainConfig, names: list[str], output
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a training checkpoint (best.pt or last.pt)")
+    source.add_argument("--checkpoint", type=Path, help="a training checkpoint (best.pt, or last.pt of a run "
+                        "without validation images)")
     source.add_argument("--untrained", type=Path, metavar="CONFIG",
                         help="export a randomly initialised model of this JSON configuration (placeholders, tests)")
     parser.add_argument("--num-landmarks", type=int, default=CHALLENGE_LANDMARKS,
@@ -146,7 +147,8 @@ def load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, TrainConfig,
         trained_on = args.trained_on or "untrained: random weights, a placeholder that finds no landmark"
         return config.build_model(len(names)).eval(), config, names, {"config": settings}, trained_on
     model, config, names, checkpoint = load_checkpoint(args.checkpoint)
-    training = {"config": checkpoint["config"], "epoch": checkpoint.get("epoch"),
+    epoch = checkpoint["epoch"] if "epoch" in checkpoint else checkpoint["state"]["epoch"]  # best.pt or last.pt
+    training = {"config": checkpoint["config"], "epoch": epoch,
                 "split": read_split(args.checkpoint.parent / SPLIT_FILE)}
     return model, config, names, training, args.trained_on or STAGES[config.stage].trained_on(config)
 

@@ -37,29 +37,42 @@ def millimetre_axis(axis: plt.Axes) -> None:
 
 
 def plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
-    """Training loss and validation MRE by epoch (pooled and per set), with markers and the best epoch marked."""
+    """Training loss and validation MRE by epoch (pooled and per set), with markers and the best epoch marked; the
+    loss alone for a run without validation images."""
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, mre_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    validated = "val_MRE" in history[-1]
+    figure, axes = plt.subplots(1, 2 if validated else 1, figsize=(10 if validated else 5, 4), squeeze=False)
+    loss_axis = axes[0, 0]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", markersize=3, label="train loss")
     loss_axis.set_ylabel("heatmap cross-entropy"), loss_axis.legend()
+    epoch_axis(loss_axis, epochs)
+    if validated:
+        plot_validation(axes[0, 1], history, best_epoch)
+        if any(row["epoch"] == best_epoch for row in history):
+            loss_axis.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
+    else:
+        loss_axis.set_title("no validation images: every epoch trains, the last is kept", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_validation(mre_axis: plt.Axes, history: list[dict], best_epoch: int) -> None:
+    """Validation MRE by epoch, pooled and per set, with the best epoch's score starred."""
+    epochs = [row["epoch"] for row in history]
     mre_axis.plot(epochs, [row["val_MRE"] for row in history], marker="o", markersize=3, color="black",
                   label="validation MRE, pooled")
     for name in history[-1].get("val_sources", {}):
         mre_axis.plot(epochs, [row["val_sources"][name]["MRE"] for row in history], marker=".", linewidth=0.8,
                       label=name)
+    epoch_axis(mre_axis, epochs)
     best = next((row for row in history if row["epoch"] == best_epoch), None)
-    for axis in (loss_axis, mre_axis):
-        epoch_axis(axis, epochs)
-        if best is not None:
-            axis.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
     if best is not None:
+        mre_axis.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
         mre_axis.plot([best_epoch], [best["val_score"]], marker="*", markersize=12, color="tab:red", linestyle="none",
                       label=f"best epoch {best_epoch}: score {best['val_score']:.3f} mm")
     millimetre_axis(mre_axis)
     mre_axis.set_ylabel("MRE (mm, log scale)"), mre_axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def plot_error_cdf(errors_by_set: dict[str, np.ndarray], path: Path) -> None:

@@ -4,25 +4,30 @@
 
 It is built from the ground truth of the model's own training split (the split its metadata
 records) and from how far the model's first stage errs on the validation split, so the container's
-shape check knows both how skulls vary and how precisely this detector finds each landmark.
+shape check knows both how skulls vary and how precisely this detector finds each landmark. A model
+trained on every image has no validation split: the best first stage of its split run, on that run's
+validation split, stands in for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from algorithm.shape import ShapeModel, similarity, to_complex, to_xy
+from training.checkpoint import BEST, load_checkpoint
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
-from training.split import Split, check_split, require_split
-from training.stages import first_stage_detector
+from training.split import SPLIT_FILE, Split, check_split, read_split, require_split
+from training.stages import STAGES, first_stage_detector, validated
 
 # Modes kept: the fewest that explain this share of the aligned shapes' variance. 0.8 (8 modes on the two
 # centres' training shapes) gave the smallest leave-one-out spreads of 0.5-0.95 (too rigid below, over-fitted above).
@@ -135,30 +140,66 @@ def shape_model_of(model_dir: Path, metadata: ModelMetadata) -> ShapeModel:
     datasets = load_sources(config.sources(), metadata.landmark_names)
     split = require_split(metadata.training.get("split"), str(model_dir))
     check_split(split, datasets, str(model_dir))
-    return shape_model_for(model_dir, split, datasets)
+    return shape_model_for(model_dir, split, datasets, config.split_run)
 
 
-def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData]) -> ShapeModel:
-    """The shape model of a trained first stage: training-split ground truth and frames, validation-split
-    detector errors."""
-    detector = first_stage_detector(model_dir)
-    truth, sizes, errors, val_truth = [], [], [], []
+def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData], split_run: str = "") -> ShapeModel:
+    """The shape model of a trained first stage: training-split ground truth and frames, and the detector's
+    errors on validation images (a model trained on every image has none: its split run's are used)."""
+    truth, sizes = [], []
     for data in datasets:
         indices = split[data.name]["train"]
         truth.append(data.landmarks[indices])
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: training image sizes",
                       unit="image")
         sizes += [strip_padding(image).shape[::-1] for image in images]
-        indices = split[data.name]["val"]
-        images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: first stage on validation",
-                      unit="image")
-        predicted = np.stack([detection.points for detection in detector.predict(images)])
-        errors.append(predicted - data.landmarks[indices])
-        val_truth.append(data.landmarks[indices])
-    spread = detection_spread(np.concatenate(errors), np.concatenate(val_truth))
-    model = build_shape_model(np.concatenate(truth), spread)
+    if validated(datasets, split):
+        errors, val_truth = validation_errors(exported_first_stage(model_dir), split, datasets)
+    elif split_run:
+        split_run_split = read_split(Path(split_run) / SPLIT_FILE)
+        check_split(split_run_split, datasets, str(Path(split_run) / SPLIT_FILE))
+        errors, val_truth = validation_errors(checkpoint_first_stage(Path(split_run) / BEST), split_run_split,
+                                              datasets)
+    else:
+        raise ValueError("no validation images to measure the detector's precision on, and no split run "
+                         "(config split_run) whose validation images could stand in")
+    model = build_shape_model(np.concatenate(truth), detection_spread(errors, val_truth))
     model.frame = training_frame(model, np.concatenate(truth), np.array(sizes))
     return model
+
+
+SetPredictor = Callable[[LandmarkData, list[int]], np.ndarray]  # a set's chosen images -> (N, K, 2) landmarks
+
+
+def exported_first_stage(model_dir: Path) -> SetPredictor:
+    """An exported first stage's network alone, as the container runs it."""
+    detector = first_stage_detector(model_dir)
+
+    def predict(data: LandmarkData, indices: list[int]) -> np.ndarray:
+        images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: first stage on validation",
+                      unit="image")
+        return np.stack([detection.points for detection in detector.predict(images)])
+
+    return predict
+
+
+def checkpoint_first_stage(path: Path) -> SetPredictor:
+    """A first-stage checkpoint (a split run's best.pt), predicting as it validated."""
+    model, config, _, _ = load_checkpoint(path)
+    stage = STAGES[config.stage]
+    return lambda data, indices: stage.predict(config, model, stage.validation_set(config, data, indices),
+                                               torch.device("cpu")).points
+
+
+def validation_errors(predict: SetPredictor, split: Split, datasets: list[LandmarkData]) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """(N, K, 2) errors of a first stage's landmarks on the split's validation images, and their ground truth."""
+    errors, val_truth = [], []
+    for data in validated(datasets, split):
+        indices = split[data.name]["val"]
+        errors.append(predict(data, indices) - data.landmarks[indices])
+        val_truth.append(data.landmarks[indices])
+    return np.concatenate(errors), np.concatenate(val_truth)
 
 
 def main(argv: list[str] | None = None) -> int:

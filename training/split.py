@@ -23,11 +23,11 @@ Split = dict[str, dict]  # data-set name -> {"train": [...], "val": [...], "test
 
 
 def make_split(num_images: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
-    """A deterministic train/val/test split of image indices from a seed (a test part of at least one
-    image whenever `test_fraction` > 0)."""
+    """A deterministic train/val/test split of image indices from a seed (a part of at least one image whenever
+    its fraction is above 0; both at 0 train on every image)."""
     order = np.random.default_rng(seed).permutation(num_images).tolist()
-    num_test = max(1, int(round(num_images * test_fraction))) if test_fraction > 0 else 0
-    num_val = max(1, int(round(num_images * val_fraction)))
+    num_test, num_val = (max(1, int(round(num_images * fraction))) if fraction > 0 else 0
+                         for fraction in (test_fraction, val_fraction))
     split = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
     if not split["train"]:
         raise ValueError(f"{num_images} images leave none for training with these fractions")
@@ -84,3 +84,14 @@ def require_split(split: Split | None, source: str) -> Split:
         raise ValueError(f"{source}: the model records no split of its training data; export it again with "
                          "python -m training.export from its run folder (which holds split.json)")
     return split
+
+
+def part_of(split: Split, name: str, part: str, source: str, split_run: str = "") -> list[int]:
+    """A data set's image indices in one part of the split, refused when that part is empty (a model trained on
+    every image has no validation or test images to be scored on)."""
+    indices = split[name][part]
+    if not indices:
+        hint = (f"; it was trained on every image: score the model of its split run, {split_run}, whose held-out "
+                "images these were" if split_run else "")
+        raise ValueError(f"{source}: its split holds no {part} images of {name!r}{hint}")
+    return indices

@@ -154,7 +154,8 @@ class DetectStage:
     def training_data(self, config: TrainConfig, datasets: list[LandmarkData], split: Split,
                       is_main: bool) -> TrainingData:
         train = concatenate([self.model_inputs(config, d, split[d.name]["train"]) for d in datasets])
-        return WholeImages([self.validation_set(config, d, split[d.name]["val"]) for d in datasets], train)
+        return WholeImages([self.validation_set(config, d, split[d.name]["val"]) for d in validated(datasets, split)],
+                           train)
 
     @staticmethod
     def model_inputs(config: TrainConfig, data: LandmarkData, indices: list[int]) -> PreparedData:
@@ -184,7 +185,8 @@ class DetectStage:
         (output_dir / REFINE_MODEL_FILE).unlink(missing_ok=True)
 
     def trained_on(self, config: TrainConfig) -> str:
-        return "; ".join(f"{images} with {annotations}" for images, annotations in config.sources())
+        data = "; ".join(f"{images} with {annotations}" for images, annotations in config.sources())
+        return f"{data}; every image, as its split run {config.split_run}" if config.split_run else data
 
     def next_steps(self, output: Path) -> list[str]:
         return [f"python -m training.train --config training/configs/refine.json --first-stage {output} "
@@ -220,7 +222,7 @@ class RefineStage:
                       is_main: bool) -> TrainingData:
         train = [FullResolution(read_contents(d, split[d.name]["train"], "training", is_main),
                                 d.landmarks[split[d.name]["train"]]) for d in datasets]
-        val_sets = [self.validation_set(config, d, split[d.name]["val"], is_main) for d in datasets]
+        val_sets = [self.validation_set(config, d, split[d.name]["val"], is_main) for d in validated(datasets, split)]
         for val_set in val_sets if is_main else []:
             data, indices = val_set.data, val_set.indices
             errors = radial_errors_mm(val_set.prepared.centres, data.landmarks[indices], data.spacing[indices])
@@ -268,6 +270,11 @@ class RefineStage:
 
     def next_steps(self, output: Path) -> list[str]:
         return []
+
+
+def validated(datasets: list[LandmarkData], split: Split) -> list[LandmarkData]:
+    """The data sets with validation images (a run on every image has none)."""
+    return [data for data in datasets if split[data.name]["val"]]
 
 
 def check_landmarks(meta: ModelMetadata, config: TrainConfig, names: list[str]) -> None:

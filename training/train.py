@@ -94,8 +94,11 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
     is_main = rank == 0
     output = Path(config.output)
     if is_main:
+        kept = (f"best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}"
+                if config.val_fraction > 0 else f"no validation part: all {config.epochs} epochs run, the model is "
+                f"the last ({checkpoint.LAST})")
         print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}; "
-              f"best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}", flush=True)
+              f"{kept}", flush=True)
     names, split, data = load_run_data(config, resume, is_main)
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -145,31 +148,46 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
 
 
 def validate_and_save(run: Run, epoch: int, train_loss: float) -> None:
-    """Score each validation set, record the epoch, write last.pt (and best.pt if it improved) and the curves."""
+    """Score each validation set (if any), record the epoch, write last.pt (and best.pt if it improved) and the
+    curves."""
     config, state = run.config, run.state
-    stage = STAGES[config.stage]
-    result = validate(lambda val_set: stage.predict(config, run.model, val_set, run.device).points,
-                      run.data.val_sets, config.selection)
-    pooled = result["pooled"]
-    row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": learning_rate_at(config, epoch),
-           "val_MRE": pooled["MRE"], "val_SDR@2": pooled["SDR@2"], "val_score": result["score"],
-           "val_sources": {name: {"MRE": s["MRE"], "SDR@2": s["SDR@2"]} for name, s in result["sources"].items()},
-           "time": time.time()}
-    state["history"].append(row)
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": learning_rate_at(config, epoch)}
+    result = validate_epoch(run) if run.data.val_sets else None
+    if result is not None:
+        pooled = result["pooled"]
+        row.update({"val_MRE": pooled["MRE"], "val_SDR@2": pooled["SDR@2"], "val_score": result["score"],
+                    "val_sources": {name: {"MRE": s["MRE"], "SDR@2": s["SDR@2"]}
+                                    for name, s in result["sources"].items()}})
+    state["history"].append({**row, "time": time.time()})
     state["epoch"] = epoch + 1
-    improved = result["score"] < state["best_score"]
+    improved = result is not None and result["score"] < state["best_score"]
     if improved:
         state["best_score"], state["best_epoch"] = result["score"], epoch + 1
-        state["best_summary"] = {**pooled, "sources": result["sources"]}
+        state["best_summary"] = {**result["pooled"], "sources": result["sources"]}
     checkpoint.save_last(run.output, run.model, run.optimizer, run.scaler, state, config, run.names)
     if improved:
         checkpoint.save_best(run.output, run.model, state, config, run.names)
     (run.output / HISTORY_FILE).write_text(json.dumps(state["history"], indent=2) + "\n")
     plot_curves(state["history"], run.output / CURVES_FILE, state["best_epoch"])
-    per_source = "".join(f"  {name} {s['MRE']:.3f}" for name, s in row["val_sources"].items())
-    per_set = f"  per set:{per_source}  score {result['score']:.3f} mm" if len(run.data.val_sets) > 1 else ""
-    print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val MRE (pooled) {pooled['MRE']:.3f} mm  SDR@2mm "
-          f"{pooled['SDR@2']:.1f} %{per_set}{'  (best)' if improved else ''}", flush=True)
+    print(f"epoch {epoch + 1}: loss {train_loss:.4f}{describe_validation(result)}{'  (best)' if improved else ''}",
+          flush=True)
+
+
+def validate_epoch(run: Run) -> dict:
+    """The validation sets scored by the stage's own prediction, as the container would find the landmarks."""
+    stage = STAGES[run.config.stage]
+    return validate(lambda val_set: stage.predict(run.config, run.model, val_set, run.device).points,
+                    run.data.val_sets, run.config.selection)
+
+
+def describe_validation(result: dict | None) -> str:
+    """An epoch line's validation part: pooled MRE and SDR, and each set's MRE with the score when several."""
+    if result is None:
+        return "  (no validation images)"
+    pooled, sources = result["pooled"], result["sources"]
+    per_set = "".join(f"  {name} {s['MRE']:.3f}" for name, s in sources.items())
+    per_set = f"  per set:{per_set}  score {result['score']:.3f} mm" if len(sources) > 1 else ""
+    return f"  val MRE (pooled) {pooled['MRE']:.3f} mm  SDR@2mm {pooled['SDR@2']:.1f} %{per_set}"
 
 
 def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | None = None) -> dict:
@@ -186,7 +204,7 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         if rank == 0:
             validate_and_save(run, epoch, train_loss)
         run.state["epoch"] = epoch + 1
-        stale = run.state["epoch"] - run.state["best_epoch"] >= config.patience
+        stale = bool(run.data.val_sets) and run.state["epoch"] - run.state["best_epoch"] >= config.patience
         if distributed.broadcast_flag(rank == 0 and stale, world_size):
             if rank == 0:
                 print(f"early stop: no improvement for {config.patience} epochs")
@@ -204,8 +222,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "ANNOTATIONS"),
                         help="a data set: an image folder with a JSON that lists its files, or a challenge stack "
                         "with its train-gt.json; repeat for several centres (added to the configuration's list)")
-    parser.add_argument("--config", type=Path, help="a JSON configuration (e.g. a run's config.json, or "
+    recipe = parser.add_mutually_exclusive_group()
+    recipe.add_argument("--config", type=Path, help="a JSON configuration (e.g. a run's config.json, or "
                         "training/configs/cross-centre.json); augmentation settings are set here")
+    recipe.add_argument("--all-images", type=Path, metavar="SPLIT_RUN",
+                        help="train once more on every image of SPLIT_RUN's data sets (no validation or test part), "
+                        "with its configuration and its number of epochs, as challenge entries ship; the model is "
+                        "OUTPUT/last.pt (default OUTPUT: SPLIT_RUN-all-images) and SPLIT_RUN's held-out figures "
+                        "are its honest estimate")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pt where it stopped")
     start.add_argument("--overwrite", action="store_true",
@@ -218,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     try:
         if args.config:
             base = json.loads(args.config.read_text())
+        if args.all_images:
+            if args.resume:
+                parser.error("resume a run on every image with --output ITS_FOLDER --resume")
+            if args.data:
+                parser.error("--all-images trains on its split run's data sets; --data cannot change them")
+            base = all_images_config(args.all_images)
         if args.resume:
             folder = Path(args.output or TrainConfig().output)
             if not (folder / checkpoint.LAST).is_file():
@@ -239,6 +269,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     return config, args
 
 
+def all_images_config(split_run: Path) -> dict:
+    """A split run's configuration, made to train on every image for as many epochs as the split run trained."""
+    base = json.loads((split_run / CONFIG_FILE).read_text())
+    history = json.loads((split_run / HISTORY_FILE).read_text())
+    if not history or "val_score" not in history[-1]:
+        raise ValueError(f"{split_run}: not a run trained on a split (its history has no validated epoch)")
+    return {**base, "epochs": len(history), "val_fraction": 0.0, "test_fraction": 0.0, "split_run": str(split_run),
+            "output": f"{split_run}-all-images"}
+
+
+def report_end(config: TrainConfig, result: dict) -> None:
+    """What the run left and what to run next: the best epoch of a validated run, the last of one on every image."""
+    output, validated = Path(config.output), result["best_epoch"] > 0
+    if result["epochs_done"] < config.epochs and not (
+            validated and result["epochs_done"] - result["best_epoch"] >= config.patience):
+        print(f"paused after epoch {result['epochs_done']} of {config.epochs}: resume with "
+              f"python -m training.train --output {config.output} --resume")
+    if not validated:
+        model = output / checkpoint.LAST
+        estimate = f"; the held-out figures of {config.split_run} estimate it" if config.split_run else ""
+        print(f"trained {result['epochs_done']} epochs without validation images: the model is the last epoch, "
+              f"{model}{estimate}")
+    else:
+        model = output / checkpoint.BEST
+        print(f"best epoch {result['best_epoch']} (validation score {result['best_score']:.3f} mm, "
+              f"{SELECTION_SCORES[config.selection]}): {model}\n"
+              f"next: python -m training.evaluate --checkpoint {model}")
+    print(f"      python -m training.export --checkpoint {model} --output OUTPUT_MODEL_FOLDER")
+
+
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
     is_main = distributed.is_main_process()
@@ -253,14 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if is_main:
-        best = Path(config.output) / checkpoint.BEST
-        if result["epochs_done"] < config.epochs and result["epochs_done"] - result["best_epoch"] < config.patience:
-            print(f"paused after epoch {result['epochs_done']} of {config.epochs}: resume with "
-                  f"python -m training.train --output {config.output} --resume")
-        print(f"best epoch {result['best_epoch']} (validation score {result['best_score']:.3f} mm, "
-              f"{SELECTION_SCORES[config.selection]}): {best}\n"
-              f"next: python -m training.evaluate --checkpoint {best}\n"
-              f"      python -m training.export --checkpoint {best} --output OUTPUT_MODEL_FOLDER")
+        report_end(config, result)
     return 0
 
 
