@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from algorithm import inference
 from algorithm.codec import HeatmapCodec
+from algorithm.inference import Detection
 from algorithm.metadata import ModelMetadata
 from algorithm.shape import REESTIMATED_PROBABILITY, ShapeModel, to_complex, to_xy
 from training.shape_model import build_shape_model, detection_spread, procrustes
@@ -155,3 +157,28 @@ def test_a_skull_that_fits_is_left_alone_without_looking_for_other_peaks(model):
     points, _, _, reestimated = model.correct(truth, np.full(NUM_LANDMARKS, 0.9), no_peaks)
     np.testing.assert_array_equal(points, truth)
     assert not reestimated.any()
+
+
+@pytest.mark.parametrize("off_first, off_second, second_kept", [(2, 2, True), (2, 1, True), (2, 4, True),
+                                                                  (2, 5, False)])
+def test_a_second_look_that_puts_more_landmarks_off_the_skull_is_not_kept(full_model, monkeypatch, off_first,
+                                                                          off_second, second_kept):
+    """The second look's frame comes from the first look's skull; more landmarks off the skull after it means
+    that frame was wrong (a first look far off on a new centre), so the first look stays, saying why."""
+    monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
+    monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
+    points = synthetic_landmarks(*FULL_MODEL_FRAME, UNTRAINED_LANDMARKS, np.random.default_rng(5))
+    image = synthetic_image(*FULL_MODEL_FRAME, points, np.random.default_rng(6))
+    geometry = full_model.prepare(image)[1]
+
+    def detection(off: int, shift: float) -> Detection:
+        reestimated = np.arange(UNTRAINED_LANDMARKS) < off
+        moved = points + shift
+        return Detection(moved, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(moved), reestimated)
+
+    first, second = detection(off_first, 0.0), detection(off_second, 7.0)
+    monkeypatch.setattr(full_model, "decode", lambda heatmaps, geometries: [second])
+    result = full_model.reframe(image, geometry, first)
+    assert result is second if second_kept else (result.points is first.points and result.notes == (
+        f"a second look at the skull's usual frame put {off_second} landmark(s) off the skull against "
+        f"{off_first}: the first look is kept",))
