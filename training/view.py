@@ -66,7 +66,7 @@ def open_input(path: Path) -> list[ImageStack]:
         except FileLoaderError as skipped:
             print(f"skipped: {skipped}", file=sys.stderr)
             continue
-        stacks += [ImageStack(case["path"], loader.scope) for case in cases]
+        stacks += [case["stack"] for case in cases]
     if not stacks:
         raise InputError(f"{path}: no readable image in the input folder")
     return stacks
