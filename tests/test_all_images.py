@@ -34,7 +34,8 @@ def runs(tmp_path_factory, synthetic_dataset) -> tuple[Path, Path]:
     assert result.returncode == 0, result.stderr
     assert "no validation part: all 2 epochs run, the model is the last (last.pt)" in result.stdout
     assert (f"trained 2 epochs without validation images: the model is the last epoch, {every_image / 'last.pt'}; "
-            f"the held-out figures of {split_run} estimate it") in result.stdout
+            f"the held-out figures of {split_run} estimate it\nnext: python -m training.export --checkpoint "
+            f"{every_image / 'last.pt'} --output OUTPUT_MODEL_FOLDER") in result.stdout
     return split_run, every_image
 
 

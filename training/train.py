@@ -290,13 +290,13 @@ def report_end(config: TrainConfig, result: dict) -> None:
         model = output / checkpoint.LAST
         estimate = f"; the held-out figures of {config.split_run} estimate it" if config.split_run else ""
         print(f"trained {result['epochs_done']} epochs without validation images: the model is the last epoch, "
-              f"{model}{estimate}")
+              f"{model}{estimate}\nnext: ", end="")
     else:
         model = output / checkpoint.BEST
         print(f"best epoch {result['best_epoch']} (validation score {result['best_score']:.3f} mm, "
               f"{SELECTION_SCORES[config.selection]}): {model}\n"
-              f"next: python -m training.evaluate --checkpoint {model}")
-    print(f"      python -m training.export --checkpoint {model} --output OUTPUT_MODEL_FOLDER")
+              f"next: python -m training.evaluate --checkpoint {model}\n      ", end="")
+    print(f"python -m training.export --checkpoint {model} --output OUTPUT_MODEL_FOLDER")
 
 
 def main(argv: list[str] | None = None) -> int:
