@@ -23,16 +23,21 @@ SPLIT_RUN_EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, synthetic_dataset) -> tuple[Path, Path]:
-    """A split run of two epochs, then a run on every image made from it."""
+    """A split run of two epochs, then a run on every image made from it, paused after one epoch and resumed."""
     folder = tmp_path_factory.mktemp("all-images")
     split_run, every_image = folder / "split", folder / "split-all-images"
     result = run_module("training.train", "--config", TINY_CONFIG, "--images", synthetic_dataset.images_dir,
                         "--annotations", synthetic_dataset.annotations, "--output", split_run,
                         "--epochs", SPLIT_RUN_EPOCHS)
     assert result.returncode == 0, result.stderr
-    result = run_module("training.train", "--all-images", split_run)
+    paused = run_module("training.train", "--all-images", split_run, "--max-epochs-this-run", 1)
+    assert paused.returncode == 0, paused.stderr
+    assert "no validation part: all 2 epochs run, the model is the last (last.pt)" in paused.stdout
+    assert (f"paused after epoch 1 of 2: resume with python -m training.train --output {every_image} --resume"
+            in paused.stdout)
+    result = run_module("training.train", "--output", every_image, "--resume")
     assert result.returncode == 0, result.stderr
-    assert "no validation part: all 2 epochs run, the model is the last (last.pt)" in result.stdout
+    assert "resuming" in result.stdout and "epoch 2: loss" in result.stdout and "epoch 1: loss" not in result.stdout
     assert (f"trained 2 epochs without validation images: the model is the last epoch, {every_image / 'last.pt'}; "
             f"the held-out figures of {split_run} estimate it\nnext: python -m training.export --checkpoint "
             f"{every_image / 'last.pt'} --output OUTPUT_MODEL_FOLDER") in result.stdout
