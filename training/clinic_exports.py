@@ -30,7 +30,7 @@ from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
 from training.metrics import SDR_THRESHOLDS_MM, format_table, radial_errors_mm, summarize
-from training.split import check_split, part_of, require_split
+from training.split import part_of, recorded_split
 
 GROSS_ERROR_MM = 10.0
 
@@ -205,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         metadata = ModelMetadata.load(args.model)
         config = TrainConfig.from_dict(metadata.training.get("config", {}))
         datasets = load_sources(config.sources(), metadata.landmark_names)
-        split = require_split(metadata.training.get("split"), str(args.model))
-        check_split(split, datasets, str(args.model))
+        split = recorded_split(metadata.training.get("split"), datasets, str(args.model))
         splits = {d.name: list(range(len(d))) if args.split == "all" else
                   part_of(split, d.name, args.split, str(args.model), config.split_run) for d in datasets}
         detector = LandmarkDetector(args.model, device="cpu", refine=args.refine, shape_check=args.shape_check)

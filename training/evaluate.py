@@ -30,7 +30,7 @@ from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table
                               radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import plot_error_cdf
-from training.split import SPLIT_FILE, Split, check_split, part_of, read_split, require_split
+from training.split import SPLIT_FILE, Split, part_of, read_split, recorded_split
 from training.stages import STAGES, Predictions
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
@@ -213,8 +213,7 @@ def split_indices(data: LandmarkData, part: str, evaluated: Evaluated, trained_o
         part = "test" if data.name in trained_on else "all"
     if part == "all":
         return part, list(range(len(data)))
-    split = require_split(evaluated.split, str(evaluated.source))
-    check_split(split, [data], str(evaluated.source))
+    split = recorded_split(evaluated.split, [data], str(evaluated.source))
     return part, part_of(split, data.name, part, str(evaluated.source), evaluated.config.split_run)
 
 

@@ -26,7 +26,7 @@ from algorithm.shape import ShapeModel, similarity, to_complex, to_xy
 from training.checkpoint import BEST, load_checkpoint
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
-from training.split import SPLIT_FILE, Split, check_split, read_split, require_split
+from training.split import Split, recorded_split, run_split
 from training.stages import STAGES, first_stage_detector, validated
 
 # Modes kept: the fewest that explain this share of the aligned shapes' variance. 0.8 (8 modes on the two
@@ -138,8 +138,7 @@ def shape_model_of(model_dir: Path, metadata: ModelMetadata) -> ShapeModel:
     if not config.sources():
         raise ValueError("its metadata records no training data to build a shape model from")
     datasets = load_sources(config.sources(), metadata.landmark_names)
-    split = require_split(metadata.training.get("split"), str(model_dir))
-    check_split(split, datasets, str(model_dir))
+    split = recorded_split(metadata.training.get("split"), datasets, str(model_dir))
     return shape_model_for(model_dir, split, datasets, config.split_run)
 
 
@@ -156,10 +155,8 @@ def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData],
     if validated(datasets, split):
         errors, val_truth = validation_errors(exported_first_stage(model_dir), split, datasets)
     elif split_run:
-        split_run_split = read_split(Path(split_run) / SPLIT_FILE)
-        check_split(split_run_split, datasets, str(Path(split_run) / SPLIT_FILE))
-        errors, val_truth = validation_errors(checkpoint_first_stage(Path(split_run) / BEST), split_run_split,
-                                              datasets)
+        errors, val_truth = validation_errors(checkpoint_first_stage(Path(split_run) / BEST),
+                                              run_split(Path(split_run), datasets), datasets)
     else:
         raise ValueError("no validation images to measure the detector's precision on, and no split run "
                          "(config split_run) whose validation images could stand in")

@@ -86,6 +86,20 @@ def require_split(split: Split | None, source: str) -> Split:
     return split
 
 
+def recorded_split(split: Split | None, datasets: list[LandmarkData], source: str) -> Split:
+    """The split a model records, refused when it records none or was made for other data."""
+    check_split(require_split(split, source), datasets, source)
+    return split
+
+
+def run_split(folder: Path, datasets: list[LandmarkData]) -> Split:
+    """A run folder's split.json, refused when it was made for other data."""
+    path = Path(folder) / SPLIT_FILE
+    split = read_split(path)
+    check_split(split, datasets, str(path))
+    return split
+
+
 def part_of(split: Split, name: str, part: str, source: str, split_run: str = "") -> list[int]:
     """A data set's image indices in one part of the split, refused when that part is empty (a model trained on
     every image has no validation or test images to be scored on)."""

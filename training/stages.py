@@ -30,7 +30,7 @@ from algorithm.preprocessing import prepare, strip_padding
 from training.data import LandmarkData, PreparedData, concatenate, prepare_data
 from training.metrics import radial_errors_mm, summarize
 from training.model import SpatialSoftmax
-from training.split import Split, check_split, new_split, require_split
+from training.split import Split, new_split, recorded_split
 from training.validation import ValidationSet, predict_with_torch, to_original
 
 if TYPE_CHECKING:  # config.py asks this module for the stage names
@@ -208,9 +208,7 @@ class RefineStage:
         """The first stage's own split (its validation and test images must not become training crops here)."""
         metadata = ModelMetadata.load(Path(config.first_stage))
         check_landmarks(metadata, config, datasets[0].landmark_names)
-        split = require_split(metadata.training.get("split"), f"{config.first_stage} (the first stage)")
-        check_split(split, datasets, f"{config.first_stage} (the first stage)")
-        return split
+        return recorded_split(metadata.training.get("split"), datasets, f"{config.first_stage} (the first stage)")
 
     def validation_set(self, config: TrainConfig, data: LandmarkData, indices: list[int],
                        progress: bool = True) -> ValidationSet:

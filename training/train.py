@@ -32,7 +32,7 @@ from training.data import load_sources
 from training.loss import heatmap_loss
 from training.plots import plot_curves
 from training.schedule import learning_rate_at
-from training.split import SPLIT_FILE, Split, check_split, read_split, write_split
+from training.split import SPLIT_FILE, Split, run_split, write_split
 from training.stages import STAGES, TrainingData
 from training.validation import validate
 
@@ -62,8 +62,7 @@ def load_run_data(config: TrainConfig, resume: bool, is_main: bool) -> tuple[lis
     stage = STAGES[config.stage]
     datasets = load_sources(config.sources())
     if resume:
-        split = read_split(Path(config.output) / SPLIT_FILE)
-        check_split(split, datasets, str(Path(config.output) / SPLIT_FILE))
+        split = run_split(Path(config.output), datasets)
     else:
         split = stage.split(config, datasets)
     if is_main:
@@ -190,6 +189,12 @@ def describe_validation(result: dict | None) -> str:
     return f"  val MRE (pooled) {pooled['MRE']:.3f} mm  SDR@2mm {pooled['SDR@2']:.1f} %{per_set}"
 
 
+def out_of_patience(epochs_done: int, best_epoch: int, config: TrainConfig) -> bool:
+    """Whether a validated run has gone `patience` epochs without a better score (a run without validation images,
+    whose best epoch is -1, never stops early)."""
+    return best_epoch > 0 and epochs_done - best_epoch >= config.patience
+
+
 def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | None = None) -> dict:
     """Run (or resume) training; returns the best validation score, its epoch and the epochs done."""
     rank, world_size, device = distributed.setup(config.device)
@@ -204,7 +209,7 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
         if rank == 0:
             validate_and_save(run, epoch, train_loss)
         run.state["epoch"] = epoch + 1
-        stale = bool(run.data.val_sets) and run.state["epoch"] - run.state["best_epoch"] >= config.patience
+        stale = out_of_patience(run.state["epoch"], run.state["best_epoch"], config)
         if distributed.broadcast_flag(rank == 0 and stale, world_size):
             if rank == 0:
                 print(f"early stop: no improvement for {config.patience} epochs")
@@ -282,8 +287,8 @@ def all_images_config(split_run: Path) -> dict:
 def report_end(config: TrainConfig, result: dict) -> None:
     """What the run left and what to run next: the best epoch of a validated run, the last of one on every image."""
     output, validated = Path(config.output), result["best_epoch"] > 0
-    if result["epochs_done"] < config.epochs and not (
-            validated and result["epochs_done"] - result["best_epoch"] >= config.patience):
+    if result["epochs_done"] < config.epochs and not out_of_patience(result["epochs_done"], result["best_epoch"],
+                                                                     config):
         print(f"paused after epoch {result['epochs_done']} of {config.epochs}: resume with "
               f"python -m training.train --output {config.output} --resume")
     if not validated:
