@@ -29,6 +29,7 @@ from training.shape_model import build_shape_model, training_frame
 from training.synthetic import synthetic_landmarks, synthetic_set
 
 TINY_CONFIG = REPO / "training" / "configs" / "tiny.json"
+TINY_REFINE = REPO / "training" / "configs" / "tiny-refine.json"
 SMOKE_INPUT = REPO / "test" / "input" / "images" / "lateral-dental-x-rays"
 EXPECTED_OUTPUT = REPO / "test" / "expected_output.json"
 UNTRAINED_LANDMARKS = 19

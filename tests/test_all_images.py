@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATASET_COUNT, TINY_CONFIG, run_module
+from conftest import DATASET_COUNT, TINY_CONFIG, TINY_REFINE, run_module
 
 from algorithm.metadata import ModelMetadata
 from training.data import source_name
@@ -32,7 +32,7 @@ def runs(tmp_path_factory, synthetic_dataset) -> tuple[Path, Path]:
     assert result.returncode == 0, result.stderr
     paused = run_module("training.train", "--all-images", split_run, "--max-epochs-this-run", 1)
     assert paused.returncode == 0, paused.stderr
-    assert "no validation part: all 2 epochs run, the model is the last (last.pt)" in paused.stdout
+    assert "no validation images: all 2 epochs run, the model is the last (last.pt)" in paused.stdout
     assert (f"paused after epoch 1 of 2: resume with python -m training.train --output {every_image} --resume"
             in paused.stdout)
     result = run_module("training.train", "--output", every_image, "--resume")
@@ -106,3 +106,17 @@ def test_all_images_cannot_resume_or_take_other_data(runs, synthetic_dataset):
     refused = run_module("training.train", "--all-images", runs[0], "--data", synthetic_dataset.images_dir,
                          synthetic_dataset.annotations)
     assert refused.returncode == 2 and "--data cannot change them" in refused.stderr
+
+
+def test_a_second_stage_on_its_export_trains_on_every_image_without_validation(exported, synthetic_dataset,
+                                                                                 tmp_path):
+    refine = tmp_path / "refine"
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", exported,
+                        "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+                        "--output", refine, "--epochs", 1)
+    assert result.returncode == 0, result.stderr
+    assert "no validation images: all 1 epochs run, the model is the last (last.pt)" in result.stdout
+    assert "first stage alone, validation MRE" not in result.stdout
+    split = next(iter(json.loads((refine / "split.json").read_text()).values()))
+    assert (split["train"], split["val"], split["test"]) == (list(range(DATASET_COUNT)), [], [])
+    assert (refine / "last.pt").is_file() and not (refine / "best.pt").exists()

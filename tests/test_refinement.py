@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_CONFIG, assert_valid_output, run_module
+from conftest import TINY_CONFIG, TINY_REFINE, assert_valid_output, run_module
 
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import MAX_CROP_OFFSET, CropSpec, refine_landmarks
@@ -20,7 +20,6 @@ from algorithm.output import multiple_points
 from training.data import source_name
 from training.metrics import auroc, confidence_report
 
-TINY_REFINE = REPO / "training" / "configs" / "tiny-refine.json"
 
 
 def dot_image(height: int, width: int, at_xy: tuple[int, int]) -> np.ndarray:

@@ -93,13 +93,14 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
     is_main = rank == 0
     output = Path(config.output)
     if is_main:
-        kept = (f"best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}"
-                if config.val_fraction > 0 else f"no validation part: all {config.epochs} epochs run, the model is "
-                f"the last ({checkpoint.LAST})")
-        print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}; "
-              f"{kept}", flush=True)
+        print(f"training the {config.stage} stage on {device} ({torch.get_num_threads()} threads), output {output}",
+              flush=True)
     names, split, data = load_run_data(config, resume, is_main)
     if is_main:
+        validated = any(part["val"] for part in split.values())
+        print(f"  best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}"
+              if validated else f"  no validation images: all {config.epochs} epochs run, the model is the last "
+              f"({checkpoint.LAST})", flush=True)
         output.mkdir(parents=True, exist_ok=True)
         if not resume:
             remove_run(output)
