@@ -108,15 +108,29 @@ def test_all_images_cannot_resume_or_take_other_data(runs, synthetic_dataset):
     assert refused.returncode == 2 and "--data cannot change them" in refused.stderr
 
 
-def test_a_second_stage_on_its_export_trains_on_every_image_without_validation(exported, synthetic_dataset,
-                                                                                 tmp_path):
-    refine = tmp_path / "refine"
-    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", exported,
+def test_a_second_stage_trains_on_every_image_on_the_first_stage_that_did(runs, exported, synthetic_dataset,
+                                                                           tmp_path):
+    """A second stage's split is its first stage's: --all-images on a second stage's split run needs --first-stage
+    with the first stage trained on every image, and refuses the split run's own first stage."""
+    first_stage = tmp_path / "split-model"
+    assert run_module("training.export", "--checkpoint", runs[0] / "best.pt", "--output", first_stage).returncode == 0
+    refine_split_run = tmp_path / "refine"
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage,
                         "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
-                        "--output", refine, "--epochs", 1)
+                        "--output", refine_split_run, "--epochs", SPLIT_RUN_EPOCHS)
     assert result.returncode == 0, result.stderr
-    assert "no validation images: all 1 epochs run, the model is the last (last.pt)" in result.stdout
+    refused = run_module("training.train", "--all-images", refine_split_run)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"error: {first_stage}: this first stage holds validation and test images out")
+    assert not Path(f"{refine_split_run}-all-images").exists()
+    result = run_module("training.train", "--all-images", refine_split_run, "--first-stage", exported)
+    assert result.returncode == 0, result.stderr
+    every_image = Path(f"{refine_split_run}-all-images")
+    assert f"no validation images: all {SPLIT_RUN_EPOCHS} epochs run, the model is the last (last.pt)" in result.stdout
     assert "first stage alone, validation MRE" not in result.stdout
-    split = next(iter(json.loads((refine / "split.json").read_text()).values()))
+    config = json.loads((every_image / "config.json").read_text())
+    assert (config["stage"], config["first_stage"], config["split_run"]) == ("refine", str(exported),
+                                                                             str(refine_split_run))
+    split = next(iter(json.loads((every_image / "split.json").read_text()).values()))
     assert (split["train"], split["val"], split["test"]) == (list(range(DATASET_COUNT)), [], [])
-    assert (refine / "last.pt").is_file() and not (refine / "best.pt").exists()
+    assert (every_image / "last.pt").is_file() and not (every_image / "best.pt").exists()

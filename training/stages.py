@@ -205,10 +205,16 @@ class RefineStage:
         return HeatmapCodec(config.crop_size, config.crop_size, config.stride, config.sigma, config.decoder)
 
     def split(self, config: TrainConfig, datasets: list[LandmarkData]) -> Split:
-        """The first stage's own split (its validation and test images must not become training crops here)."""
+        """The first stage's own split (its validation and test images must not become training crops here); a run
+        on every image (--all-images) needs a first stage trained on every image, or it would train on a split."""
         metadata = ModelMetadata.load(Path(config.first_stage))
         check_landmarks(metadata, config, datasets[0].landmark_names)
-        return recorded_split(metadata.training.get("split"), datasets, f"{config.first_stage} (the first stage)")
+        split = recorded_split(metadata.training.get("split"), datasets, f"{config.first_stage} (the first stage)")
+        if config.split_run and any(part["val"] or part["test"] for part in split.values()):
+            raise ValueError(f"{config.first_stage}: this first stage holds validation and test images out, so its "
+                             "second stage cannot train on every image: give --first-stage the export of the first "
+                             "stage trained on every image (python -m training.train --all-images ITS_SPLIT_RUN)")
+        return split
 
     def validation_set(self, config: TrainConfig, data: LandmarkData, indices: list[int],
                        progress: bool = True) -> ValidationSet:

@@ -235,7 +235,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                         help="train once more on every image of SPLIT_RUN's data sets (no validation or test part), "
                         "with its configuration and its number of epochs, as challenge entries ship; the model is "
                         "OUTPUT/last.pt (default OUTPUT: SPLIT_RUN-all-images) and SPLIT_RUN's held-out figures "
-                        "are its honest estimate")
+                        "are its honest estimate; for a second stage, add --first-stage with the export of its first "
+                        "stage trained on every image")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pt where it stopped")
     start.add_argument("--overwrite", action="store_true",
