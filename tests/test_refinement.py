@@ -230,7 +230,7 @@ def per_image_errors(path: Path) -> dict[int, np.ndarray]:
     (its file case_NN.png is image NN - 1)."""
     with path.open(newline="") as file:
         rows = list(csv.reader(file))[1:]
-    return {int(Path(row[1]).stem.split("_")[1]) - 1: np.array(row[3:], dtype=np.float64) for row in rows}
+    return {int(Path(row[1]).stem.split("_")[1]) - 1: np.array(row[3:-1], dtype=np.float64) for row in rows}
 
 
 @pytest.mark.slow
@@ -253,6 +253,10 @@ def test_evaluate_scores_the_refined_landmarks_or_the_first_stage_alone(two_stag
         points = np.stack([d.points for d in detections[flag]])
         errors[flag] = np.hypot(*(points - truth).transpose(2, 0, 1)) * spacing[:, None]
         np.testing.assert_allclose(np.stack(list(written.values())), errors[flag], atol=6e-4)  # 3 decimals
+        with (tmp_path / flag / "per_image.csv").open(newline="") as file:
+            notes = [row["notes"] for row in csv.DictReader(file)]
+        assert notes == [" | ".join(d.notes) for d in detections[flag]] and any(notes)  # a 2-epoch model is warned of
+        assert f"the container warned about {sum(map(bool, notes))} (per_image.csv)" in result.stdout
     assert results["--refine"]["stages"] == "first stage and refinement"
     assert results["--no-refine"]["stages"] == "first stage"
     scored = ~np.isnan(errors["--refine"])

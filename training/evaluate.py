@@ -50,7 +50,7 @@ def predict_with_onnx(model_dir: Path, data: LandmarkData, indices: list[int], d
         if first_stage is not None:
             first.append(next(first_stage.predict([image])).points)
     return Predictions(np.stack([d.points for d in final]), np.stack([d.confidence for d in final]),
-                       np.stack(first) if first else None)
+                       np.stack(first) if first else None, [d.notes for d in final])
 
 
 def draw_overlays(data: LandmarkData, indices: list[int], predictions: Predictions, errors_mm: np.ndarray,
@@ -117,13 +117,16 @@ def print_report(result: dict) -> None:
               f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest")
 
 
-def write_per_image(rows: list[tuple[str, str, np.ndarray]], names: list[str], path: Path) -> None:
-    """One CSV row per image: data set, image, MRE and each landmark's radial error in mm."""
+def write_per_image(rows: list[tuple[str, str, np.ndarray, tuple[str, ...]]], names: list[str], path: Path) -> None:
+    """One CSV row per image: data set, image, MRE, each landmark's radial error in mm, and the container's
+    warnings about the image (re-estimated landmarks, a second look not kept...), joined by " | "."""
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["data_set", "image", "MRE"] + [f"{k + 1} {name}" for k, name in enumerate(names)])
-        for data_set, label, errors in rows:
-            writer.writerow([data_set, label, f"{np.nanmean(errors):.3f}"] + [f"{e:.3f}" for e in errors])
+        writer.writerow(["data_set", "image", "MRE"] + [f"{k + 1} {name}" for k, name in enumerate(names)]
+                        + ["notes"])
+        for data_set, label, errors, notes in rows:
+            writer.writerow([data_set, label, f"{np.nanmean(errors):.3f}"] + [f"{e:.3f}" for e in errors]
+                            + [" | ".join(notes)])
 
 
 def new_output_folder(base: Path) -> Path:
@@ -233,9 +236,11 @@ def score_data_set(args: argparse.Namespace, evaluated: Evaluated, data: Landmar
     errors = radial_errors_mm(predictions.points, data.landmarks[indices], data.spacing[indices])
     result = set_result(*source, part, errors, evaluated.names, predictions.confidence)
     draw_overlays(data, indices, predictions, errors, output / "overlays", args.overlays)
-    print(f"{data.name}, {part} ({len(indices)} images): MRE {result['summary']['MRE']:.3f} mm, "
+    notes = predictions.notes or [()] * len(indices)
+    warned = f", the container warned about {sum(map(bool, notes))} (per_image.csv)" if predictions.notes else ""
+    print(f"{data.name}, {part} ({len(indices)} images{warned}): MRE {result['summary']['MRE']:.3f} mm, "
           f"SDR@2mm {result['summary']['SDR@2']:.1f} %", flush=True)
-    rows = [(data.name, data.image_name(i), e) for i, e in zip(indices, errors)]
+    rows = [(data.name, data.image_name(i), e, n) for i, e, n in zip(indices, errors, notes)]
     return result, errors, predictions.confidence, rows
 
 

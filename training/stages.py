@@ -39,11 +39,13 @@ if TYPE_CHECKING:  # config.py asks this module for the stage names
 
 @dataclass
 class Predictions:
-    """A set's (N, K, 2) original-pixel landmarks, their (N, K) confidences and, for two stages, the first's."""
+    """A set's (N, K, 2) original-pixel landmarks, their (N, K) confidences, for two stages the first's, and
+    each image's warnings from the container's path (none from torch's)."""
 
     points: np.ndarray
     confidence: np.ndarray
     first_stage: np.ndarray | None = None
+    notes: list[tuple[str, ...]] | None = None
 
 
 @dataclass

@@ -200,7 +200,7 @@ def score(viewing: Viewing, args: argparse.Namespace, folder: Path) -> None:
     """training.evaluate's metrics files and table for the container's output against the ground truth."""
     errors = radial_errors_mm(viewing.points, viewing.truth, viewing.spacing)
     name = source_name(args.input)
-    per_image = [(name, f"z {z + 1}", image_errors) for z, image_errors in enumerate(errors)]
+    per_image = [(name, f"z {z + 1}", image_errors, ()) for z, image_errors in enumerate(errors)]  # no notes in the JSON
     results = {name: set_result(args.input, args.ground_truth, "all", errors, viewing.names, viewing.probability)}
     result = pooled_result(str(args.landmarks), "the container's output", results, [errors], [viewing.probability],
                            viewing.names)
