@@ -21,7 +21,6 @@ from training.data import source_name
 from training.metrics import auroc, confidence_report
 
 
-
 def dot_image(height: int, width: int, at_xy: tuple[int, int]) -> np.ndarray:
     image = np.full((height, width), 10, dtype=np.uint8)
     image[at_xy[1], at_xy[0]] = 250
