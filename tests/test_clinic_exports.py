@@ -1,0 +1,43 @@
+"""The clinic-export test's framings (`training.clinic_exports`): each moves the landmarks with the pixels and keeps
+their distances in mm, or its figures in the README would score landmarks against the wrong places."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.clinic_exports import TRANSFORMS
+
+SPACING_MM = 0.1
+DOTS = np.array([[320.0, 310.0], [610.5, 340.0], [450.0, 560.25], [350.0, 790.0], [640.0, 770.0]])  # x, y
+DOT_RADIUS = 8
+
+
+def dotted_image(height: int = 1200, width: int = 1000) -> np.ndarray:
+    """A dim portrait image with a bright disk centred on each landmark."""
+    rows, columns = np.mgrid[:height, :width]
+    image = np.full((height, width), 20, np.uint8)
+    for x, y in DOTS:
+        image[(columns - x) ** 2 + (rows - y) ** 2 <= DOT_RADIUS ** 2] = 220
+    return image
+
+
+def bright_centroid(image: np.ndarray, near_xy: np.ndarray, radius: int) -> np.ndarray:
+    """The intensity-weighted centre of the bright pixels within `radius` of `near_xy`."""
+    x0, y0 = np.round(near_xy).astype(int)
+    window = image[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1].astype(np.float64)
+    weights = np.where(window > 120, window, 0.0)
+    rows, columns = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return np.array([(weights * columns).sum(), (weights * rows).sum()]) / weights.sum() + [x0, y0]
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_a_framing_moves_the_landmarks_with_the_pixels_and_keeps_their_mm(name):
+    framed = TRANSFORMS[name](dotted_image(), DOTS.copy(), SPACING_MM)
+    scale = SPACING_MM / framed.spacing
+    for point in framed.points:
+        found = bright_centroid(framed.image, point, int(np.ceil(2 * DOT_RADIUS * scale)))
+        assert np.hypot(*(found - point)) < 0.5 + 0.05 * DOT_RADIUS * scale, (name, point, found)
+    distances_mm = [np.hypot(*(points[1:] - points[0]).T) * spacing
+                    for points, spacing in ((DOTS, SPACING_MM), (framed.points, framed.spacing))]
+    np.testing.assert_allclose(distances_mm[1], distances_mm[0], rtol=0.005)
