@@ -97,9 +97,8 @@ def start_run(config: TrainConfig, resume: bool, rank: int, device: torch.device
               flush=True)
     names, split, data = load_run_data(config, resume, is_main)
     if is_main:
-        validated = any(part["val"] for part in split.values())
         print(f"  best.pt is the epoch of the lowest validation score, {SELECTION_SCORES[config.selection]}"
-              if validated else f"  no validation images: all {config.epochs} epochs run, the model is the last "
+              if data.val_sets else f"  no validation images: all {config.epochs} epochs run, the model is the last "
               f"({checkpoint.LAST})", flush=True)
         output.mkdir(parents=True, exist_ok=True)
         if not resume:
