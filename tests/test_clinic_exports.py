@@ -22,11 +22,13 @@ def dotted_image(height: int = 1200, width: int = 1000) -> np.ndarray:
     return image
 
 
-def bright_centroid(image: np.ndarray, near_xy: np.ndarray, radius: int) -> np.ndarray:
-    """The intensity-weighted centre of the bright pixels within `radius` of `near_xy`."""
+def disk_centroid(image: np.ndarray, near_xy: np.ndarray, radius: int) -> np.ndarray:
+    """The contrast-weighted centre of the pixels within `radius` of `near_xy` that stand out from the window's
+    background (its median: the disk covers a fifth of the window), bright or dark."""
     x0, y0 = np.round(near_xy).astype(int)
     window = image[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1].astype(np.float64)
-    weights = np.where(window > 120, window, 0.0)
+    contrast = np.abs(window - np.median(window))
+    weights = np.where(contrast > 100, contrast, 0.0)
     rows, columns = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     return np.array([(weights * columns).sum(), (weights * rows).sum()]) / weights.sum() + [x0, y0]
 
@@ -36,7 +38,7 @@ def test_a_framing_moves_the_landmarks_with_the_pixels_and_keeps_their_mm(name):
     framed = TRANSFORMS[name](dotted_image(), DOTS.copy(), SPACING_MM)
     scale = SPACING_MM / framed.spacing
     for point in framed.points:
-        found = bright_centroid(framed.image, point, int(np.ceil(2 * DOT_RADIUS * scale)))
+        found = disk_centroid(framed.image, point, int(np.ceil(2 * DOT_RADIUS * scale)))
         assert np.hypot(*(found - point)) < 0.5 + 0.05 * DOT_RADIUS * scale, (name, point, found)
     distances_mm = [np.hypot(*(points[1:] - points[0]).T) * spacing
                     for points, spacing in ((DOTS, SPACING_MM), (framed.points, framed.spacing))]

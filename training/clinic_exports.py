@@ -5,7 +5,7 @@
 Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
-tight about the skull. The landmarks move with the pixels, and the mm per pixel with the scale, so
+tight about the skull, a negative (bone dark, as some viewers display and export it). The landmarks move with the pixels, and the mm per pixel with the scale, so
 every framing is scored against the same doctors. Nothing is written but the table (and --output's
 JSON): the images of the data sets stay where they are.
 """
@@ -128,6 +128,11 @@ def tight_crop(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(np.ascontiguousarray(image[top:bottom + 1, left:right + 1]), points - [left, top], spacing)
 
 
+def inverted(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """A negative: grey levels reversed, bone dark on a bright background."""
+    return Framed(255 - image, points, spacing)
+
+
 def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(image, points, spacing)
 
@@ -135,6 +140,7 @@ def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
+    "inverted contrast": inverted,
 }
 
 
