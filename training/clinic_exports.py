@@ -5,9 +5,10 @@
 Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
-tight about the skull, a negative (bone dark, as some viewers display and export it). The landmarks move with the pixels, and the mm per pixel with the scale, so
-every framing is scored against the same doctors. Nothing is written but the table (and --output's
-JSON): the images of the data sets stay where they are.
+tight about the skull, a negative (bone dark, as some viewers display and export it). The landmarks
+move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
+same doctors. Nothing is written but the table (and --output's JSON): the images of the data sets
+stay where they are.
 """
 
 from __future__ import annotations
