@@ -32,11 +32,13 @@ MIN_CONTENT_SIDE = 64
 # The most a landmark may be trusted that had to be moved into its image.
 CLAMPED_PROBABILITY = 0.1
 # The first stage looks again at the frame training images would give the skull when that frame spans less
-# than REFRAME_BELOW of the image's width or height: the image holds much besides the skull (a landscape
-# canvas, viewer borders). On the validation splits that frame spans 0.88-1.23 of an unchanged image and
-# 0.41-0.79 of a landscape or screenshot one. A frame larger than the image (a tight crop) is not used: the
-# model never saw the black it would add. One under REFRAME_SMALLEST comes from landmarks too wrong to trust.
+# than REFRAME_BELOW of the image's width or height (the image holds much besides the skull: a landscape
+# canvas, viewer borders), or more than REFRAME_ABOVE of both (the image is cut tight about the skull). On the
+# validation splits (the split run's first stage) the frame spans 0.89-1.23 of an unchanged image on its
+# narrower side, 0.45-0.96 of a landscape or screenshot one and 1.51-1.75 of a tight crop; REFRAME_ABOVE lies
+# in the gap, not fitted. One under REFRAME_SMALLEST comes from landmarks too wrong to trust.
 REFRAME_BELOW = 0.85
+REFRAME_ABOVE = 1.4
 REFRAME_SMALLEST = 0.2
 # The second look replaces the first unless it puts more than this many more landmarks off the skull. Trained on
 # Hamedan and scored on ISBI, 8 of 150 second looks put more off: by 1-2 in 7 images (better in 5 of them,
@@ -216,15 +218,17 @@ class LandmarkDetector:
 
     def reframe(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
         """Step 3c: where the skull fills much less of its image than in training images (a landscape canvas,
-        viewer borders), the first stage looks again at the frame training would have given it, so that it
-        sees the skull at the scale and aspect it learned. The frame comes from the first look's skull: where
-        the second look puts clearly more landmarks off a plausible skull, that frame was wrong and the first
-        look stays."""
-        if self.shape is None or self.shape.frame is None or first.shape_fit is None:
+        viewer borders) or much more (a crop tight about it), the first stage looks again at the frame training
+        would have given it, so that it sees the skull at the scale and aspect it learned. The frame comes from
+        the first look's skull, so a first look with most landmarks off a plausible skull gives none; where the
+        second look puts clearly more landmarks off a plausible skull, that frame was wrong and the first look
+        stays."""
+        if (self.shape is None or self.shape.frame is None or first.shape_fit is None
+                or 2 * off_skull(first) > len(first.points)):
             return first
         left, top, width, height = self.shape.frame_box(first.shape_fit)
         spans = np.array([width / geometry.content_width, height / geometry.content_height])
-        if not REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW:
+        if not (REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW or spans.min() > REFRAME_ABOVE):
             return first
         content = content_of(image, geometry)
         model_input, frame = prepare_region(content, int(np.floor(left)), int(np.floor(top)), int(np.ceil(width)),

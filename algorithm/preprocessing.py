@@ -119,16 +119,18 @@ RESIZE_METHODS = ("block_mean_bilinear",)
 NORMALIZATIONS = ("zscore",)
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike.
+def normalize(image: np.ndarray, method: str, reference: np.ndarray | None = None) -> np.ndarray:
+    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike. The mean and
+    standard deviation are `reference`'s (default: the image's own).
 
-    The mean and standard deviation are taken in float64: squared float32 deviations overflow for
-    pixel values beyond about 1e19, which the reader accepts (up to its MAX_ABS_PIXEL_VALUE).
+    They are taken in float64: squared float32 deviations overflow for pixel values beyond about 1e19,
+    which the reader accepts (up to its MAX_ABS_PIXEL_VALUE).
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r} in the model metadata")
-    std = float(image.std(dtype=np.float64))
-    return ((image - float(image.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
+    reference = image if reference is None else reference
+    std = float(reference.std(dtype=np.float64))
+    return ((image - float(reference.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def strip_padding(image: np.ndarray, extent: tuple[int, int] | None = None) -> np.ndarray:
@@ -142,23 +144,26 @@ def strip_padding(image: np.ndarray, extent: tuple[int, int] | None = None) -> n
 
 def prepare(image: np.ndarray, input_height: int, input_width: int, normalization: str):
     """Strip padding, resize and normalise one image; returns the model input and its geometry."""
-    return _model_input(strip_padding(image), input_height, input_width, normalization)
-
-
-def _model_input(region: np.ndarray, input_height: int, input_width: int, normalization: str, left: int = 0,
-                 top: int = 0) -> tuple[np.ndarray, ResizeGeometry]:
-    """A 2D region of an image, its top-left corner at (left, top), resized and normalised for the model."""
-    resized = resize(region, input_height, input_width)
-    return normalize(resized, normalization), ResizeGeometry(*region.shape, input_height, input_width, left, top)
+    content = strip_padding(image)
+    resized = resize(content, input_height, input_width)
+    return normalize(resized, normalization), ResizeGeometry(*content.shape, input_height, input_width)
 
 
 def prepare_region(content: np.ndarray, left: int, top: int, width: int, height: int, input_height: int,
                    input_width: int, normalization: str):
-    """One region of a 2D image (zero where it reaches past the image) resized and normalised as `prepare` does;
-    returns the model input and its geometry."""
-    region = np.zeros((height, width), dtype=content.dtype)
+    """One region of a 2D image resized and normalised as `prepare` does; returns the model input and its geometry.
+
+    Where the region reaches past the image it holds the mean grey of the image's part inside it, and that part
+    alone sets the normalisation, so the fill is 0 in the model's input: what training's zoom-out pads with (the
+    augmentation warps z-scored images with zero padding). Black there made tight crops worse on the validation
+    splits (1.33 -> 1.41 mm, the mean grey 1.15)."""
     rows = slice(max(0, top), min(content.shape[0], top + height))
     cols = slice(max(0, left), min(content.shape[1], left + width))
-    if rows.start < rows.stop and cols.start < cols.stop:
-        region[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = content[rows, cols]
-    return _model_input(region, input_height, input_width, normalization, left, top)
+    overlaps = rows.start < rows.stop and cols.start < cols.stop
+    inside = content[rows, cols] if overlaps else np.zeros((1, 1), dtype=content.dtype)
+    region = np.full((height, width), inside.mean(dtype=np.float64), dtype=np.float32)
+    if overlaps:
+        region[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = inside
+    resized = resize(region, input_height, input_width)
+    return (normalize(resized, normalization, reference=inside),
+            ResizeGeometry(height, width, input_height, input_width, left, top))

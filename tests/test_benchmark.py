@@ -41,9 +41,12 @@ def steps_called(detector: LandmarkDetector, monkeypatch, run) -> tuple[list[str
 
 @pytest.mark.parametrize("reframed", [False, True])
 def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_model, monkeypatch, reframed):
-    if reframed:  # the first stage looks again at the skull's frame in every image
+    if reframed:  # the first stage looks again at the skull's frame in every image, an untrained model's too
         monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
         monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
+        monkeypatch.setattr(inference, "off_skull", lambda detection: 0)
+    else:  # in none (an untrained model's skulls come in any size)
+        monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
     images = list(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))
     predicted, profiled = [], []
     in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))

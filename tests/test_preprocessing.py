@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from algorithm.preprocessing import ResizeGeometry, content_extent, normalize, prepare, resize, to_grayscale
+from algorithm.preprocessing import (ResizeGeometry, content_extent, normalize, prepare, prepare_region, resize,
+                                    to_grayscale)
 
 INPUT_HEIGHT, INPUT_WIDTH = 128, 96
 
@@ -161,3 +162,14 @@ def test_normalize_standardises_and_survives_a_constant_image():
     np.testing.assert_array_equal(normalize(np.full((5, 5), 3.0, np.float32), "zscore"), 0)
     with pytest.raises(ValueError):
         normalize(values, "minmax")
+
+
+def test_a_region_past_the_image_is_filled_with_what_the_training_zoom_out_pads_with():
+    """Training z-scores an image, then zooms out with zero padding; a frame larger than the image (a tight crop seen
+    at the skull's usual frame) must give the model the same: 0 outside, the image scaled by its own statistics."""
+    content = np.random.default_rng(3).uniform(0, 4000, size=(100, 80)).astype(np.float32)
+    model_input, geometry = prepare_region(content, -80, 0, 160, 100, 50, 80, "zscore")
+    assert (geometry.left, geometry.top, geometry.content_width, geometry.content_height) == (-80, 0, 160, 100)
+    np.testing.assert_allclose(model_input[:, :40], 0, atol=1e-5)
+    np.testing.assert_allclose(model_input[:, 40:], normalize(resize(content, 50, 40), "zscore", reference=content),
+                               atol=1e-5)

@@ -182,3 +182,31 @@ def test_a_second_look_that_puts_more_landmarks_off_the_skull_is_not_kept(full_m
     assert result is second if second_kept else (result.points is first.points and result.notes == (
         f"a second look at the skull's usual frame put {off_second} landmark(s) off the skull against "
         f"{off_first}: the first look is kept",))
+
+
+@pytest.mark.parametrize("framing, off_first, looks_again", [
+    ("landscape canvas", 0, True), ("as in training", 0, False), ("tight crop", 0, True),
+    ("tight crop", UNTRAINED_LANDMARKS // 2 + 1, False),  # most landmarks off the skull: no frame to trust
+])
+def test_the_first_stage_looks_again_where_the_skull_fills_much_less_or_much_more_of_its_image(
+        full_model, monkeypatch, framing, off_first, looks_again):
+    """A skull in a third of a wide canvas, or one half as large again as its image would hold in training (a crop
+    tight about it), gets a second look at the frame training would give it; a skull framed as in training does
+    not, nor a first look whose landmarks mostly fit no skull."""
+    height, width = FULL_MODEL_FRAME
+    rng = np.random.default_rng(7)
+    points = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, rng)
+    if framing == "tight crop":
+        points = (points - [width / 2, height / 2]) * 1.5 + [width / 2, height / 2]
+    canvas_width = 3 * width if framing == "landscape canvas" else width
+    image = rng.uniform(1, 255, size=(height, canvas_width)).astype(np.uint8)
+    geometry = full_model.prepare(image)[1]
+    first = Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
+                      np.arange(UNTRAINED_LANDMARKS) < off_first)
+    second = Detection(points + 1.0, first.confidence, first.shape_fit, first.reestimated)
+    frames = []
+    monkeypatch.setattr(full_model, "decode", lambda heatmaps, geometries: frames.extend(geometries) or [second])
+    result = full_model.reframe(image, geometry, first)
+    assert result is (second if looks_again else first)
+    if looks_again and framing == "tight crop":
+        assert frames[0].content_width > canvas_width and frames[0].content_height > height
