@@ -1,8 +1,9 @@
 """The second stage's input: a square crop of the original image around each landmark, and the map back.
 
-The crop's side is a fixed share of the image content's height (the container does not know mm per
-pixel, and every centre's images span the whole skull), centred on a first-stage landmark and
-resampled to `size` x `size` pixels. Crop pixel u sits at original position
+The crop's side is a fixed share of the height the first stage saw the skull in (the container does
+not know mm per pixel, and every centre's images span the whole skull): the image content's, or, where
+the first stage looked again at the skull's usual frame (a tight crop, a landscape canvas), that
+frame's. Each crop is centred on a first-stage landmark and resampled to `size` x `size` pixels. Crop pixel u sits at original position
 centre + (u - (size - 1) / 2) * scale on each axis; `to_crop` and `to_original` are that map and its
 inverse. Each crop pixel averages `ceil(scale)`^2 bilinear samples over its footprint (an area
 resample, so shrinking does not alias), edges repeated; each crop is z-scored on its own, which
@@ -68,7 +69,8 @@ def _bilinear(gray: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CropSpec:
-    """What a second-stage crop is: its side as a share of the content height, its pixels, its normalisation."""
+    """What a second-stage crop is: its side as a share of the height the skull was found in, its pixels, its
+    normalisation."""
 
     fraction: float
     size: int
@@ -82,16 +84,19 @@ class CropSpec:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
 
-    def extract(self, content: np.ndarray, centres_xy: np.ndarray) -> tuple[np.ndarray, CropGeometry]:
-        """(K, size, size) float32 crops of a 2D un-padded image around (K, 2) original-pixel centres."""
-        return extract_crops(content, centres_xy, self.fraction, self.size, self.normalization)
+    def extract(self, content: np.ndarray, centres_xy: np.ndarray,
+                frame_height: int | None = None) -> tuple[np.ndarray, CropGeometry]:
+        """(K, size, size) float32 crops of a 2D un-padded image around (K, 2) original-pixel centres, their side
+        `fraction` of `frame_height` (default: the content's height)."""
+        return extract_crops(content, centres_xy, self.fraction, self.size, self.normalization, frame_height)
 
 
 def extract_crops(content: np.ndarray, centres_xy: np.ndarray, fraction: float, size: int,
-                  normalization: str) -> tuple[np.ndarray, CropGeometry]:
-    """(K, size, size) normalised crops of a 2D un-padded image around (K, 2) original-pixel centres."""
+                  normalization: str, frame_height: int | None = None) -> tuple[np.ndarray, CropGeometry]:
+    """(K, size, size) normalised crops of a 2D un-padded image around (K, 2) original-pixel centres, their side
+    `fraction` of `frame_height` (default: the content's height)."""
     geometry = CropGeometry(np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2),
-                            crop_scale(content.shape[0], fraction, size), size)
+                            crop_scale(frame_height or content.shape[0], fraction, size), size)
     samples = max(1, math.ceil(geometry.scale - 1e-9))
     sub = ((np.arange(samples) + 0.5) / samples - 0.5) * geometry.scale  # offsets within one crop pixel
     grid = (np.arange(size) - (size - 1) / 2) * geometry.scale
@@ -103,15 +108,17 @@ def extract_crops(content: np.ndarray, centres_xy: np.ndarray, fraction: float, 
 
 
 def refine_landmarks(content: np.ndarray, points_xy: np.ndarray, spec: CropSpec, codec: HeatmapCodec,
-                     heatmaps_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The second stage on one image: (K, 2) first-stage landmarks to refined ones and (K,) confidences.
+                     heatmaps_of: Callable[[np.ndarray], np.ndarray],
+                     frame_height: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The second stage on one image: (K, 2) first-stage landmarks, found in a frame `frame_height` high (default:
+    the content), to refined ones and (K,) confidences.
 
     `heatmaps_of` runs the refinement model: (K, size, size) crops to (K, K, h, w) heatmaps; crop k
     is decoded in its own landmark's channel k. The confidence is that map's probability mass near its
     peak (`HeatmapCodec.decode`). A landmark the crop would move further than MAX_CROP_OFFSET of its side
     keeps its first-stage position.
     """
-    crops, geometry = spec.extract(content, points_xy)
+    crops, geometry = spec.extract(content, points_xy, frame_height)
     heatmaps = heatmaps_of(crops)
     own = heatmaps[np.arange(len(crops)), np.arange(len(crops))]
     crop_points, confidence = codec.decode(own)

@@ -126,13 +126,14 @@ def content_of(image: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
 @dataclass(frozen=True)
 class Detection:
     """One image's landmarks in its own pixels, (K, 2), a confidence in [0, 1] for each, (K,), what the shape
-    check made of them, and warnings for the log."""
+    check made of them, the height of the frame they were found in, and warnings for the log."""
 
     points: np.ndarray
     confidence: np.ndarray
     shape_fit: ShapeFit | None = None
     reestimated: np.ndarray | None = None  # (K,) landmarks the shape model had to estimate
     notes: tuple[str, ...] = ()
+    frame_height: int | None = None  # a second look's frame, in image pixels (None: the whole content)
 
 
 def off_skull(detection: Detection) -> int:
@@ -236,7 +237,7 @@ class LandmarkDetector:
                                             self.metadata.normalization)
         second = self.decode(self.heatmaps(model_input[None]), [frame])[0]
         if off_skull(second) <= off_skull(first) + REFRAME_TOLERANCE:
-            return second
+            return replace(second, frame_height=frame.content_height)
         return replace(first, notes=first.notes + (
             f"a second look at the skull's usual frame put {off_skull(second)} landmark(s) off the skull against "
             f"{off_skull(first)}: the first look is kept",))
@@ -253,7 +254,7 @@ class LandmarkDetector:
             return self.refine_session.run(None, {refine_input: crops[:, None]})[0]
 
         points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refine_codec,
-                                              heatmaps_of)
+                                              heatmaps_of, first.frame_height)
         if first.shape_fit is None:
             return Detection(points, confidence, notes=first.notes)
         z_refined = self.shape.z_of(first.shape_fit, points)

@@ -27,15 +27,17 @@ def dot_image(height: int, width: int, at_xy: tuple[int, int]) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("fraction", [0.1, 0.2])
-def test_a_bright_pixel_appears_in_the_crop_where_to_crop_puts_it(fraction):
-    """At scale 1 the crop pixel is the original pixel; at scale 2 the dot is averaged within half a pixel."""
+@pytest.mark.parametrize("fraction, frame_height", [(0.1, None), (0.2, None), (0.1, 480)])
+def test_a_bright_pixel_appears_in_the_crop_where_to_crop_puts_it(fraction, frame_height):
+    """At scale 1 the crop pixel is the original pixel; at scale 2 the dot is averaged within half a pixel. The
+    side is a share of the content's height, or of the frame's where the first stage looked again at a frame
+    taller than the image (a tight crop)."""
     height, width, size = 320, 250, 32
     dot = (101, 157)
     centres = np.array([[96.0, 150.0], [110.0, 149.0]])
-    crops, geometry = CropSpec(fraction, size).extract(dot_image(height, width, dot), centres)
+    crops, geometry = CropSpec(fraction, size).extract(dot_image(height, width, dot), centres, frame_height)
     assert crops.shape == (2, size, size) and crops.dtype == np.float32
-    assert geometry.scale == pytest.approx(fraction * height / size)
+    assert geometry.scale == pytest.approx(fraction * (frame_height or height) / size)
     expected = geometry.to_crop(np.array([dot, dot], dtype=float))
     for crop, where in zip(crops, expected):
         peak_y, peak_x = np.unravel_index(crop.argmax(), crop.shape)

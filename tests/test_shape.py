@@ -207,6 +207,15 @@ def test_the_first_stage_looks_again_where_the_skull_fills_much_less_or_much_mor
     frames = []
     monkeypatch.setattr(full_model, "decode", lambda heatmaps, geometries: frames.extend(geometries) or [second])
     result = full_model.reframe(image, geometry, first)
-    assert result is (second if looks_again else first)
-    if looks_again and framing == "tight crop":
+    if not looks_again:
+        assert result is first and result.frame_height is None
+        return
+    np.testing.assert_array_equal(result.points, second.points)
+    assert result.frame_height == frames[0].content_height  # the second stage's crops are a share of it
+    if framing == "tight crop":
         assert frames[0].content_width > canvas_width and frames[0].content_height > height
+    heights = []
+    monkeypatch.setattr(inference, "refine_landmarks",
+                        lambda content, points, *rest: heights.append(rest[-1]) or (points, np.ones(len(points))))
+    full_model.refine(image, geometry, result)
+    assert heights == [frames[0].content_height]
