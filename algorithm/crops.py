@@ -3,11 +3,12 @@
 The crop's side is a fixed share of the height the first stage saw the skull in (the container does
 not know mm per pixel, and every centre's images span the whole skull): the image content's, or, where
 the first stage looked again at the skull's usual frame (a tight crop, a landscape canvas), that
-frame's. Each crop is centred on a first-stage landmark and resampled to `size` x `size` pixels. Crop pixel u sits at original position
-centre + (u - (size - 1) / 2) * scale on each axis; `to_crop` and `to_original` are that map and its
-inverse. Each crop pixel averages `ceil(scale)`^2 bilinear samples over its footprint (an area
-resample, so shrinking does not alias), edges repeated; each crop is z-scored on its own, which
-keeps the second stage blind to a centre's overall brightness. Training imports these functions.
+frame's. Each crop is centred on a first-stage landmark and resampled to `size` x `size` pixels. Crop
+pixel u sits at original position centre + (u - (size - 1) / 2) * scale on each axis; `to_crop` and
+`to_original` are that map and its inverse. Each crop pixel averages `ceil(scale)`^2 bilinear samples
+over its footprint (an area resample, so shrinking does not alias), edges repeated; each crop is
+z-scored on its own, which keeps the second stage blind to a centre's overall brightness. Training
+imports these functions.
 """
 
 from __future__ import annotations

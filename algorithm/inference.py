@@ -256,12 +256,12 @@ class LandmarkDetector:
         points, confidence = refine_landmarks(content, first.points, self.refinement.crops, self.refine_codec,
                                               heatmaps_of, first.frame_height)
         if first.shape_fit is None:
-            return Detection(points, confidence, notes=first.notes)
+            return replace(first, points=points, confidence=confidence)
         z_refined = self.shape.z_of(first.shape_fit, points)
         off_skull = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
         points = np.where(off_skull[:, None], first.points, points)
         confidence = np.where(off_skull, first.confidence, self.shape.trust(confidence, z_refined, first.reestimated))
-        return Detection(points, confidence, first.shape_fit, first.reestimated, first.notes)
+        return replace(first, points=points, confidence=confidence)
 
     def finish(self, image: np.ndarray, geometry: ResizeGeometry, detection: Detection) -> Detection:
         """Step 5: every landmark inside the image's content; an image with nothing to find (constant, or too
