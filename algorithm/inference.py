@@ -34,9 +34,9 @@ CLAMPED_PROBABILITY = 0.1
 # The first stage looks again at the frame training images would give the skull when that frame spans less
 # than REFRAME_BELOW of the image's width or height (the image holds much besides the skull: a landscape
 # canvas, viewer borders), or more than REFRAME_ABOVE of both (the image is cut tight about the skull). On the
-# validation splits (the split run's first stage) the frame spans 0.89-1.23 of an unchanged image on its
-# narrower side, 0.45-0.96 of a landscape or screenshot one and 1.51-1.75 of a tight crop; REFRAME_ABOVE lies
-# in the gap, not fitted. One under REFRAME_SMALLEST comes from landmarks too wrong to trust.
+# validation splits (the split run's first stage) the smaller of the frame's two shares is 0.89-1.23 for an
+# unchanged image, 0.45-0.96 for a landscape or screenshot one and 1.51-1.75 for a tight crop; REFRAME_ABOVE
+# lies in the gap, not fitted. One under REFRAME_SMALLEST comes from landmarks too wrong to trust.
 REFRAME_BELOW = 0.85
 REFRAME_ABOVE = 1.4
 REFRAME_SMALLEST = 0.2
