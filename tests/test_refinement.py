@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import TINY_CONFIG, TINY_REFINE, assert_valid_output, run_module
 
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import MAX_CROP_OFFSET, CropSpec, refine_landmarks
-from algorithm.inference import LandmarkDetector
+from algorithm.inference import Detection, LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.output import multiple_points
 from training.data import source_name
@@ -146,9 +147,8 @@ def test_probabilities_are_written_per_point_in_the_unit_interval():
 # ---------------------------------------------------------------- the life cycle, on the synthetic set
 
 
-def crop_heights(model: Path, images: list[np.ndarray]) -> np.ndarray:
+def crop_heights(detections: Iterable[Detection], images: list[np.ndarray]) -> np.ndarray:
     """What each image's crops are a share of: its height, or the frame's where the first stage looked again."""
-    detections = LandmarkDetector(model, device="cpu").predict(images)
     return np.array([d.frame_height or image.shape[0] for d, image in zip(detections, images)])
 
 
@@ -226,7 +226,7 @@ def test_no_refine_gives_the_first_stage_and_refine_moves_the_landmarks(two_stag
     refined = list(LandmarkDetector(two_stage_model, device="cpu").predict(images))
     np.testing.assert_array_equal(np.stack(unrefined), np.stack(alone))
     assert_some_moved_none_beyond_their_crops(np.stack([d.points for d in refined]), np.stack(alone),
-                                              crop_heights(two_stage_model, images))
+                                              crop_heights(refined, images))
     assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in refined)
     argmax = LandmarkDetector(two_stage_model, device="cpu", decoder="argmax")
     assert (argmax.codec.decoder, argmax.refine_codec.decoder) == ("argmax", "argmax")  # --decoder: both stages
@@ -313,8 +313,9 @@ def test_the_container_writes_refined_landmarks_with_probabilities(two_stage_mod
         assert all(0 <= point["probability"] <= 1 for point in value["points"])
     alone = np.stack([d.points for d in LandmarkDetector(first_stage, device="cpu").predict(synthetic_dataset.images)])
     np.testing.assert_allclose(points["--no-refine"], alone, atol=5e-4)  # written to 3 decimals
+    refined = LandmarkDetector(two_stage_model, device="cpu").predict(synthetic_dataset.images)
     assert_some_moved_none_beyond_their_crops(points["--refine"], points["--no-refine"],
-                                              crop_heights(two_stage_model, synthetic_dataset.images))
+                                              crop_heights(refined, synthetic_dataset.images))
 
 
 @pytest.mark.slow
