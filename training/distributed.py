@@ -37,7 +37,12 @@ def broadcast_flag(value: bool, world_size: int) -> bool:
 
 
 def teardown(world_size: int) -> None:
+    """Every process reaches the end before any closes its connections, then the group goes while Python is whole.
+
+    Call it after the DistributedDataParallel wrapper is gone: its reducer holds the group, which would otherwise
+    outlive destroy_process_group (gloo once aborted a finished CI run at exit, rank 0 with SIGABRT)."""
     if world_size > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 

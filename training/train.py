@@ -214,6 +214,7 @@ def train(config: TrainConfig, resume: bool = False, max_epochs_this_run: int | 
             if rank == 0:
                 print(f"early stop: no improvement for {config.patience} epochs")
             break
+    del trained_model  # before teardown: a DDP wrapper keeps the process group alive
     distributed.teardown(world_size)
     return {"best_score": run.state["best_score"], "best_epoch": run.state["best_epoch"],
             "epochs_done": run.state["epoch"]}
