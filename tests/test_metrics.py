@@ -43,6 +43,11 @@ def test_summary_pools_every_annotated_landmark():
     assert summary["SDR@2.5"] == pytest.approx(80.0)
     assert summary["SDR@3"] == pytest.approx(80.0)
     assert summary["SDR@4"] == pytest.approx(80.0)
+    assert summary["beyond_10mm"] == 0
+
+
+def test_summary_counts_the_errors_beyond_10_mm_not_at_it():
+    assert summarize(np.array([[10.0, 10.01, NAN], [25.0, 0.5, 9.9]]))["beyond_10mm"] == 2
 
 
 def test_summary_of_nothing_annotated_is_an_error():

@@ -123,6 +123,9 @@ def test_auroc_matches_a_pairwise_count_and_the_report_splits_the_least_confiden
     report = confidence_report(confidence, errors, least_share=0.2)
     assert report["AUROC"] == 1.0
     assert report["MRE_least_confident"] == 5.0 and report["MRE_rest"] == pytest.approx((0.5 + 3.0 + 1.0 + 0.7) / 4)
+    assert np.isnan(report["gross_among_least_confident"])  # no error beyond 5 mm
+    # errors beyond 2.5 mm: 3.0 (confidence 0.2) and 5.0 (0.1); the least confident one is the 5.0
+    assert confidence_report(confidence, errors, least_share=0.2, gross_mm=2.5)["gross_among_least_confident"] == 0.5
 
 
 @pytest.mark.parametrize("confidence, expected", [

@@ -30,10 +30,9 @@ from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
-from training.metrics import SDR_THRESHOLDS_MM, format_table, radial_errors_mm, summarize
+from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, radial_errors_mm,
+                              summarize)
 from training.split import part_of, recorded_split
-
-GROSS_ERROR_MM = 10.0
 
 
 @dataclass
@@ -173,21 +172,9 @@ def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], spl
     results = {}
     for name in transforms:
         stacked, confidence = np.stack(errors[name]), np.stack(confidences[name])
-        results[name] = {**summarize(stacked), "beyond_10mm": int(np.nansum(stacked > GROSS_ERROR_MM)),
-                         "gross_among_least_confident": gross_share_least_confident(confidence, stacked)}
+        gross_found = confidence_report(confidence, stacked)["gross_among_least_confident"]
+        results[name] = {**summarize(stacked), "gross_among_least_confident": gross_found}
     return results
-
-
-def gross_share_least_confident(confidence: np.ndarray, errors_mm: np.ndarray, share: float = 0.1,
-                                gross_mm: float = 5.0) -> float:
-    """The share of landmarks beyond `gross_mm` that are among the `share` least confident (NaN if none)."""
-    scored = ~np.isnan(errors_mm)
-    confidence, errors = confidence[scored], errors_mm[scored]
-    gross = errors > gross_mm
-    if not gross.any():
-        return float("nan")
-    least = np.argsort(confidence, kind="stable")[:max(1, int(round(share * len(confidence))))]
-    return float(gross[least].sum() / gross.sum())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -220,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     results = score_framings(detector, datasets, splits, args.transforms)
-    columns = ["framing", "MRE", "SD", *(f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM), "beyond_10mm",
+    columns = ["framing", "MRE", "SD", *(f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM), GROSS_COUNT,
                "gross_among_least_confident"]
     print(f"{args.model}, {args.split} split of {', '.join(d.name for d in datasets)} "
           f"({sum(map(len, splits.values()))} images); shape check {'on' if args.shape_check else 'off'}, "

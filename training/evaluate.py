@@ -26,14 +26,14 @@ from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from training.data import LandmarkData, load_sources, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.metrics import (SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
+from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
                               radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import plot_error_cdf
 from training.split import SPLIT_FILE, Split, part_of, read_split, recorded_split
 from training.stages import STAGES, Predictions
 
-SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM]
+SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM] + [GROSS_COUNT]
 SPLITS = ("auto", "train", "val", "test", "all")
 
 
@@ -114,7 +114,9 @@ def print_report(result: dict) -> None:
                          *([("pooled", result["confidence"])] if len(results) > 1 and "confidence" in result else [])]:
         print(f"confidence, {name}: AUROC {report['AUROC']:.3f} for errors above {report['threshold_mm']:g} mm; "
               f"MRE {report['MRE_least_confident']:.2f} mm for the {100 * report['least_confident_share']:.0f} % "
-              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest")
+              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest; "
+              f"{100 * report['gross_among_least_confident']:.0f} % of the errors beyond {report['gross_mm']:g} mm "
+              "are among those least confident")
 
 
 def write_per_image(rows: list[tuple[str, str, np.ndarray, tuple[str, ...]]], names: list[str], path: Path) -> None:

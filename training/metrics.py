@@ -1,10 +1,13 @@
-"""The challenge's metrics: radial error in mm, MRE with its SD, and SDR pooled over all landmarks."""
+"""The challenge's metrics: radial error in mm, MRE with its SD, and SDR pooled over all landmarks; and the
+count of gross errors, landmarks further than any plausible reading of the image (a jump to another structure)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
+GROSS_ERROR_MM = 10.0
+GROSS_COUNT = f"beyond_{GROSS_ERROR_MM:g}mm"  # the summary's key for that count
 
 
 def radial_errors_mm(predicted: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -13,13 +16,15 @@ def radial_errors_mm(predicted: np.ndarray, truth: np.ndarray, spacing: np.ndarr
 
 
 def summarize(errors_mm: np.ndarray) -> dict[str, float]:
-    """MRE, SD and SDR@t (% of errors <= t) over every annotated landmark of every image."""
+    """MRE, SD, SDR@t (% of errors <= t) and the count beyond GROSS_ERROR_MM over every annotated landmark of
+    every image."""
     pooled = errors_mm[~np.isnan(errors_mm)]
     if pooled.size == 0:
         raise ValueError("no annotated landmarks to score")
     summary = {"MRE": float(pooled.mean()), "SD": float(pooled.std()), "count": int(pooled.size)}
     for threshold in SDR_THRESHOLDS_MM:
         summary[f"SDR@{threshold:g}"] = float(100.0 * (pooled <= threshold).mean())
+    summary[GROSS_COUNT] = int((pooled > GROSS_ERROR_MM).sum())
     return summary
 
 
@@ -53,16 +58,20 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def confidence_report(confidence: np.ndarray, errors_mm: np.ndarray, threshold_mm: float = 2.0,
-                      least_share: float = 0.1) -> dict[str, float]:
+                      least_share: float = 0.1, gross_mm: float = 5.0) -> dict[str, float]:
     """How well per-landmark confidences rank errors: the AUROC of (1 - confidence) for errors above
-    `threshold_mm`, and the MRE of the `least_share` least confident landmarks against the rest."""
+    `threshold_mm`, the MRE of the `least_share` least confident landmarks against the rest, and the share of
+    the errors beyond `gross_mm` that are among those least confident (NaN where there is none): how many
+    gross errors a reader who checks the least confident landmarks finds."""
     scored = ~np.isnan(errors_mm)
     confidence, errors = np.asarray(confidence)[scored], np.asarray(errors_mm)[scored]
     order = np.argsort(confidence, kind="stable")
     least = order[:max(1, int(round(least_share * len(order))))]
     rest = np.ones(len(order), dtype=bool)
     rest[least] = False
+    gross = errors > gross_mm
     return {"AUROC": auroc(-confidence, errors > threshold_mm), "threshold_mm": threshold_mm,
             "least_confident_share": least_share, "MRE_least_confident": float(errors[least].mean()),
             "MRE_rest": float(errors[rest].mean()) if rest.any() else float("nan"),
-            "mean_confidence": float(confidence.mean())}
+            "mean_confidence": float(confidence.mean()), "gross_mm": gross_mm,
+            "gross_among_least_confident": float(gross[least].sum() / gross.sum()) if gross.any() else float("nan")}
