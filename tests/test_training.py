@@ -12,7 +12,7 @@ from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
 from training.augment import (AugmentConfig, augment, random_affine, random_flip, random_intensity,
-                              random_inversion, random_overlays)
+                              random_inversion, random_occlusion, random_overlays)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -153,6 +153,22 @@ def test_overlays_and_inversion_change_only_the_chosen_images():
     torch.testing.assert_close(inverted, low + high - images)
 
 
+def test_occlusion_hides_boxes_about_landmarks_under_the_mean_grey():
+    images = torch.rand(8, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(12))
+    points = torch.tensor([[WIDTH * 0.3, HEIGHT * 0.4]]).expand(8, 1, 2)  # one landmark, at the same place in all
+    torch.testing.assert_close(random_occlusion(images, points, 0.0, torch.Generator()), images)
+    hidden = random_occlusion(images, points, 1.0, torch.Generator().manual_seed(13))
+    changed = hidden != images
+    mean = images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    assert torch.equal(hidden[changed], mean[changed])
+    x, y = int(WIDTH * 0.3), int(HEIGHT * 0.4)
+    assert changed[:, 0, y, x].all()  # a box about the landmark covers it (shifted by at most half its size)
+    share = changed.float().mean(dim=(1, 2, 3))
+    assert (share > 0.05**2).all() and (share <= 2 * 0.15**2 + 1e-6).all()
+    missing = torch.full((8, 1, 2), float("nan"))
+    torch.testing.assert_close(random_occlusion(images, missing, 1.0, torch.Generator()), images)
+
+
 def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     """Off means off: the default augmentation is flip, affine and intensity alone, drawing the same numbers
     from the generator as before the clinic steps existed; turned on, they change the batch."""
@@ -164,7 +180,7 @@ def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
     default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
     torch.testing.assert_close(default, expected)
-    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0),
+    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0),
                      torch.Generator().manual_seed(11))
     assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
 

@@ -4,8 +4,9 @@ Every step is a batched torch operation on the images' device (CPU or GPU), draw
 generator on that device. Horizontal flips are off by default (every image faces the same way); `horizontal_flip` sets
 their probability, for the ablation in the README. The steps that imitate clinic exports (a skull squeezed
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
-rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. A step
-that is off draws nothing, so the default augmentation is what it always was.
+rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. So is
+hiding boxes about landmarks (`occlusion`, tried across centres: see the README). A step that is off draws
+nothing, so the default augmentation is what it always was.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class AugmentConfig:
     aspect: float = 0.0  # largest |log| of the horizontal squeeze or stretch (a landscape frame: about 0.43)
     overlays: float = 0.0  # probability of bright overlay text and a ruler on an image
     invert: float = 0.0  # probability of inverted contrast (bone dark)
+    occlusion: float = 0.0  # probability of two boxes about random landmarks hidden under the mean grey
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -99,6 +101,29 @@ def random_inversion(images: torch.Tensor, probability: float, generator: torch.
     return torch.where(chosen[:, None, None, None], low + high - images, images)
 
 
+def random_occlusion(images: torch.Tensor, points: torch.Tensor, probability: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """With `probability`, two boxes of each (B, 1, H, W) image, 5-15 % of its width and height, each about a
+    random one of its (B, K, 2) landmarks (shifted by up to half the box), filled with the image's mean grey:
+    the landmark must be placed from the rest of the skull, as where its own surroundings look unlike any
+    training image (another centre's scanner, a structure that resembles it)."""
+    batch, _, height, width = images.shape
+    device = images.device
+    boxes = 2
+    size = torch.tensor([width, height], device=device, dtype=images.dtype)
+    sizes = (0.05 + 0.1 * torch.rand(batch, boxes, 2, generator=generator, device=device)) * size
+    chosen_landmarks = torch.randint(points.shape[1], (batch, boxes), generator=generator, device=device)
+    centres = torch.gather(points, 1, chosen_landmarks[..., None].expand(-1, -1, 2))
+    centres = centres + (torch.rand(batch, boxes, 2, generator=generator, device=device) - 0.5) * sizes
+    low, high = (centres - sizes / 2)[..., None, None], (centres + sizes / 2)[..., None, None]  # (B, boxes, 2, 1, 1)
+    xs = torch.arange(width, device=device, dtype=images.dtype)
+    ys = torch.arange(height, device=device, dtype=images.dtype)[:, None]
+    inside = ((xs >= low[:, :, 0]) & (xs < high[:, :, 0]) & (ys >= low[:, :, 1]) & (ys < high[:, :, 1]))
+    chosen = torch.rand(batch, generator=generator, device=device) < probability
+    hidden = inside.any(dim=1, keepdim=True) & chosen[:, None, None, None]  # a missing landmark (NaN) hides nothing
+    return torch.where(hidden, images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images), images)
+
+
 def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Gamma, contrast and noise, then re-standardised as the container's z-score normalisation does."""
     batch = images.shape[0]
@@ -118,11 +143,13 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
 def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
-    exports' overlays and inversion (when on), intensity."""
+    exports' overlays and inversion and the occlusion of landmarks (when on), intensity."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
     if config.overlays:
         images = random_overlays(images, config.overlays, generator)
     if config.invert:
         images = random_inversion(images, config.invert, generator)
+    if config.occlusion:
+        images = random_occlusion(images, points, config.occlusion, generator)
     return random_intensity(images, config, generator), points
