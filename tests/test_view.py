@@ -176,7 +176,7 @@ def test_the_viewers_scores_are_training_evaluates(scored_stack, untrained_model
     # landmarks are the least confident 10 % may differ; their mean may not
     assert viewed["confidence"]["mean_confidence"] == pytest.approx(scored["confidence"]["mean_confidence"], abs=1e-4)
     table = [line for line in stdout.splitlines() if line.startswith("| ")]
-    assert table[0] == "| data set | MRE | SD | SDR@2 | SDR@2.5 | SDR@3 | SDR@4 |"
+    assert table[0] == "| data set | MRE | SD | SDR@2 | SDR@2.5 | SDR@3 | SDR@4 | beyond_10mm |"
     assert table[1].split("|")[2:] == [line for line in evaluated.stdout.splitlines()
                                        if line.startswith("| stack (all")][0].split("|")[2:]
     for name in ("per_landmark.md", "per_image.csv", "error_cdf.png", "pictures/z003.png", "contact_sheet_01.png"):
