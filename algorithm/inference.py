@@ -258,9 +258,10 @@ class LandmarkDetector:
         if first.shape_fit is None:
             return replace(first, points=points, confidence=confidence)
         z_refined = self.shape.z_of(first.shape_fit, points)
-        off_skull = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
-        points = np.where(off_skull[:, None], first.points, points)
-        confidence = np.where(off_skull, first.confidence, self.shape.trust(confidence, z_refined, first.reestimated))
+        leaves_skull = (z_refined > self.shape.outlier_z) & (z_refined > self.shape.z_of(first.shape_fit, first.points))
+        points = np.where(leaves_skull[:, None], first.points, points)
+        trusted = self.shape.trust(confidence, z_refined, first.reestimated)
+        confidence = np.where(leaves_skull, first.confidence, trusted)
         return replace(first, points=points, confidence=confidence)
 
     def finish(self, image: np.ndarray, geometry: ResizeGeometry, detection: Detection) -> Detection:

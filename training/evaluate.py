@@ -112,12 +112,12 @@ def print_report(result: dict) -> None:
     print(f"per landmark (pooled):\n{format_table(result['per_landmark'], ['landmark'] + SUMMARY_COLUMNS)}")
     for name, report in [*((n, r["confidence"]) for n, r in results.items() if "confidence" in r),
                          *([("pooled", result["confidence"])] if len(results) > 1 and "confidence" in result else [])]:
-        gross = report["gross_among_least_confident"]
+        gross, beyond = report["gross_among_least_confident"], f"beyond {report['gross_mm']:g} mm"
+        found = (f"{100 * gross:.0f} % of the errors {beyond} are among them" if np.isfinite(gross)
+                 else f"no error {beyond}")
         print(f"confidence, {name}: AUROC {report['AUROC']:.3f} for errors above {report['threshold_mm']:g} mm; "
               f"MRE {report['MRE_least_confident']:.2f} mm for the {100 * report['least_confident_share']:.0f} % "
-              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest; "
-              + (f"{100 * gross:.0f} % of the errors beyond {report['gross_mm']:g} mm are among them"
-                 if np.isfinite(gross) else f"no error beyond {report['gross_mm']:g} mm"))
+              f"least confident landmarks, {report['MRE_rest']:.2f} mm for the rest; {found}")
 
 
 def write_per_image(rows: list[tuple[str, str, np.ndarray, tuple[str, ...]]], names: list[str], path: Path) -> None:
