@@ -12,7 +12,7 @@ from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
 from training.augment import (AugmentConfig, augment, random_affine, random_flip, random_intensity,
-                              random_inversion, random_occlusion, random_overlays)
+                              random_inversion, random_occlusion, random_overlays, random_tone_curve)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -169,6 +169,19 @@ def test_occlusion_hides_boxes_about_landmarks_under_the_mean_grey():
     torch.testing.assert_close(random_occlusion(images, missing, 1.0, torch.Generator()), images)
 
 
+def test_a_tone_curve_keeps_the_order_and_range_of_grey_levels_but_bends_them():
+    unit = torch.rand(6, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(14))
+    unit[:, 0, 0, :2] = torch.tensor([0.0, 1.0])  # each image reaches both ends of the range
+    toned = random_tone_curve(unit, 0.6, torch.Generator().manual_seed(15))
+    assert toned.shape == unit.shape
+    torch.testing.assert_close(toned[:, 0, 0, :2], torch.tensor([0.0, 1.0]).expand(6, 2))
+    for before, after in zip(unit.flatten(1), toned.flatten(1)):
+        assert (after[before.argsort()].diff() >= -1e-6).all()  # brighter stays brighter
+        assert (after - before).abs().max() > 0.02  # and the curve is not the identity
+    flat = random_tone_curve(unit, 0.0, torch.Generator().manual_seed(15))  # equal slopes: the identity
+    torch.testing.assert_close(flat, unit)
+
+
 def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     """Off means off: the default augmentation is flip, affine and intensity alone, drawing the same numbers
     from the generator as before the clinic steps existed; turned on, they change the batch."""
@@ -180,7 +193,7 @@ def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
     default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
     torch.testing.assert_close(default, expected)
-    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0),
+    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6),
                      torch.Generator().manual_seed(11))
     assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
 

@@ -4,9 +4,9 @@ Every step is a batched torch operation on the images' device (CPU or GPU), draw
 generator on that device. Horizontal flips are off by default (every image faces the same way); `horizontal_flip` sets
 their probability, for the ablation in the README. The steps that imitate clinic exports (a skull squeezed
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
-rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. So is
-hiding boxes about landmarks (`occlusion`, tried across centres: see the README). A step that is off draws
-nothing, so the default augmentation is what it always was.
+rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. So are
+hiding boxes about landmarks (`occlusion`) and random tone curves (`tone`), tried across centres (see the
+README). A step that is off draws nothing, so the default augmentation is what it always was.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class AugmentConfig:
     overlays: float = 0.0  # probability of bright overlay text and a ruler on an image
     invert: float = 0.0  # probability of inverted contrast (bone dark)
     occlusion: float = 0.0  # probability of two boxes about random landmarks hidden under the mean grey
+    tone: float = 0.0  # spread (log) of a random monotone tone curve's slopes: another scanner's grey levels
+
+
+# A random tone curve is piecewise linear over this many equal steps of the grey range.
+TONE_STEPS = 8
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -124,12 +129,28 @@ def random_occlusion(images: torch.Tensor, points: torch.Tensor, probability: fl
     return torch.where(hidden, images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images), images)
 
 
+def random_tone_curve(unit: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """Each (B, 1, H, W) image of grey levels in [0, 1] through its own random increasing curve from 0 to 1,
+    piecewise linear over TONE_STEPS steps whose slopes are log-normal with `spread`: a scanner's or a
+    viewer's tone mapping, of which a gamma is one smooth kind. Grey levels keep their order."""
+    batch = unit.shape[0]
+    slopes = torch.exp(spread * torch.randn(batch, TONE_STEPS, generator=generator, device=unit.device))
+    knots = F.pad(torch.cumsum(slopes, dim=1), (1, 0)) / slopes.sum(dim=1, keepdim=True)  # (B, TONE_STEPS + 1)
+    position = unit.clamp(0, 1).flatten(1) * TONE_STEPS
+    step = position.floor().clamp(max=TONE_STEPS - 1)
+    low, high = torch.gather(knots, 1, step.long()), torch.gather(knots, 1, step.long() + 1)
+    return (low + (high - low) * (position - step)).view_as(unit)
+
+
 def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Gamma, contrast and noise, then re-standardised as the container's z-score normalisation does."""
+    """A tone curve (when on), gamma, contrast and noise, then re-standardised as the container's z-score
+    normalisation does."""
     batch = images.shape[0]
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
     unit = (images - low) / (high - low).clamp_min(1e-6)
+    if config.tone:
+        unit = random_tone_curve(unit, config.tone, generator)
     def uniform(limit: float) -> torch.Tensor:
         return (torch.rand(batch, 1, 1, 1, generator=generator, device=images.device) * 2 - 1) * limit
     jittered = unit.pow(torch.exp(uniform(config.gamma))) * (1 + uniform(config.contrast))
