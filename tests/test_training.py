@@ -193,8 +193,8 @@ def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
     default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
     torch.testing.assert_close(default, expected)
-    clinic = augment(images, points, AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6),
-                     torch.Generator().manual_seed(11))
+    every_step = AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6)
+    clinic = augment(images, points, every_step, torch.Generator().manual_seed(11))
     assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
 
 
