@@ -252,6 +252,7 @@ def test_unknown_configuration_keys_are_refused():
 def test_the_clinic_recipe_loads_and_augments_a_batch_to_standardised_images():
     config = TrainConfig.from_dict(json.loads((REPO / "training" / "configs" / "clinic.json").read_text()))
     assert config.augment.aspect > 0 and config.augment.overlays > 0 and config.augment.invert > 0
+    assert config.augment.tone > 0
     images = torch.rand(6, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(12))
     points = torch.rand(6, 4, 2, generator=torch.Generator().manual_seed(13)) * 60 + 20
     augmented, moved = augment(images, points, config.augment, torch.Generator().manual_seed(14))

@@ -4,9 +4,10 @@ Every step is a batched torch operation on the images' device (CPU or GPU), draw
 generator on that device. Horizontal flips are off by default (every image faces the same way); `horizontal_flip` sets
 their probability, for the ablation in the README. The steps that imitate clinic exports (a skull squeezed
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
-rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on. So are
-hiding boxes about landmarks (`occlusion`) and random tone curves (`tone`), tried across centres (see the
-README). A step that is off draws nothing, so the default augmentation is what it always was.
+rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on, with
+random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres). So are
+hiding boxes about landmarks (`occlusion`, tried across centres and not adopted; see the README). A step
+that is off draws nothing, so the default augmentation is what it always was.
 """
 
 from __future__ import annotations
