@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.clinic_exports import TRANSFORMS
+from training.clinic_exports import EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, stray_ear_rod
 
 SPACING_MM = 0.1
 DOTS = np.array([[320.0, 310.0], [610.5, 340.0], [450.0, 560.25], [350.0, 790.0], [640.0, 770.0]])  # x, y
@@ -43,3 +43,16 @@ def test_a_framing_moves_the_landmarks_with_the_pixels_and_keeps_their_mm(name):
     distances_mm = [np.hypot(*(points[1:] - points[0]).T) * spacing
                     for points, spacing in ((DOTS, SPACING_MM), (framed.points, framed.spacing))]
     np.testing.assert_allclose(distances_mm[1], distances_mm[0], rtol=0.005)
+
+
+def test_the_stray_ear_rod_is_a_ring_where_it_is_said_to_be():
+    image = dotted_image()
+    framed = stray_ear_rod(image, DOTS.copy(), SPACING_MM)
+    rows, columns = np.nonzero(framed.image != image)
+    centre = DOTS[PORION] + EAR_ROD_OFFSET_MM / SPACING_MM
+    distance_mm = np.hypot(columns - centre[0], rows - centre[1]) * SPACING_MM
+    on_ring = np.abs(distance_mm - EAR_ROD_RADIUS_MM) < 1.0
+    assert on_ring.sum() > 0.9 * distance_mm.size and (distance_mm[~on_ring] < 1.0).all()  # a ring and its dot
+    missing = DOTS.copy()
+    missing[PORION] = np.nan
+    assert np.array_equal(stray_ear_rod(image, missing, SPACING_MM).image, image)

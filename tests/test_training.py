@@ -11,8 +11,9 @@ import torch
 from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
-from training.augment import (AugmentConfig, augment, random_affine, random_flip, random_intensity,
-                              random_inversion, random_occlusion, random_overlays, random_tone_curve)
+from training.augment import (RING_RADIUS, RING_REACH, RING_STROKE, AugmentConfig, augment, random_affine, random_flip,
+                              random_intensity, random_inversion, random_occlusion, random_overlays, random_rings,
+                              random_tone_curve)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -169,6 +170,23 @@ def test_occlusion_hides_boxes_about_landmarks_under_the_mean_grey():
     torch.testing.assert_close(random_occlusion(images, missing, 1.0, torch.Generator()), images)
 
 
+def test_rings_are_drawn_bright_about_the_landmarks():
+    images = torch.rand(8, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(16)) * 0.5
+    points = torch.tensor([[WIDTH * 0.5, HEIGHT * 0.5]]).expand(8, 1, 2)  # one landmark, in the middle
+    torch.testing.assert_close(random_rings(images, points, 0.0, torch.Generator()), images)
+    ringed = random_rings(images, points, 1.0, torch.Generator().manual_seed(17))
+    changed = ringed != images
+    brightest = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    assert torch.equal(ringed[changed], brightest[changed])
+    share = changed.float().mean(dim=(1, 2, 3))
+    assert (share > 0).all() and (share < 0.02).all()  # thin rings, not discs
+    rows, columns = torch.nonzero(changed[:, 0], as_tuple=True)[1:]
+    reach = (RING_REACH + RING_RADIUS[1] + RING_STROKE[1]) * HEIGHT  # shift, radius and stroke at their largest
+    assert (columns - WIDTH * 0.5).abs().max() <= reach and (rows - HEIGHT * 0.5).abs().max() <= reach
+    missing = torch.full((8, 1, 2), float("nan"))
+    torch.testing.assert_close(random_rings(images, missing, 1.0, torch.Generator()), images)
+
+
 def test_a_tone_curve_keeps_the_order_and_range_of_grey_levels_but_bends_them():
     unit = torch.rand(6, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(14))
     unit[:, 0, 0, :2] = torch.tensor([0.0, 1.0])  # each image reaches both ends of the range
@@ -193,7 +211,7 @@ def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
     default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
     torch.testing.assert_close(default, expected)
-    every_step = AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6)
+    every_step = AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6, rings=1.0)
     clinic = augment(images, points, every_step, torch.Generator().manual_seed(11))
     assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
 

@@ -6,7 +6,8 @@ their probability, for the ablation in the README. The steps that imitate clinic
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
 rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on, with
 random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres). So are
-hiding boxes about landmarks (`occlusion`, tried across centres and not adopted; see the README). A step
+stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them)
+and hiding boxes about landmarks (`occlusion`, tried across centres and not adopted; see the README). A step
 that is off draws nothing, so the default augmentation is what it always was.
 """
 
@@ -33,10 +34,16 @@ class AugmentConfig:
     invert: float = 0.0  # probability of inverted contrast (bone dark)
     occlusion: float = 0.0  # probability of two boxes about random landmarks hidden under the mean grey
     tone: float = 0.0  # spread (log) of a random monotone tone curve's slopes: another scanner's grey levels
+    rings: float = 0.0  # probability of stray bright ear-rod rings near landmarks on an image
 
 
 # A random tone curve is piecewise linear over this many equal steps of the grey range.
 TONE_STEPS = 8
+# Stray ear-rod rings, as shares of the image height (a whole-skull frame of about 240 mm): their radius
+# (ear rods of 3.5-9.5 mm), the stroke's width, and how far from the landmark they are drawn about.
+RING_RADIUS = (0.015, 0.04)
+RING_STROKE = (0.003, 0.007)
+RING_REACH = 0.1
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -130,6 +137,34 @@ def random_occlusion(images: torch.Tensor, points: torch.Tensor, probability: fl
     return torch.where(hidden, images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images), images)
 
 
+def random_rings(images: torch.Tensor, points: torch.Tensor, probability: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """With `probability`, two bright rings on each (B, 1, H, W) image, each about a random one of its (B, K, 2)
+    landmarks (shifted by up to RING_REACH of the height either way), half of them with a dot at the centre:
+    the ear rods of another cephalostat, or a second ear rod where the head was turned, which a model that
+    finds Porion by its own centres' ear rod would follow. Landmarks stay."""
+    batch, _, height, width = images.shape
+    device = images.device
+    count = 2
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(batch, count, generator=generator, device=device)) * height
+
+    radius, stroke = uniform(*RING_RADIUS), uniform(*RING_STROKE)
+    anchors = torch.randint(points.shape[1], (batch, count), generator=generator, device=device)
+    centres = torch.gather(points, 1, anchors[..., None].expand(-1, -1, 2))
+    centres = centres + (torch.rand(batch, count, 2, generator=generator, device=device) * 2 - 1) * RING_REACH * height
+    dotted = torch.rand(batch, count, generator=generator, device=device) < 0.5
+    xs = torch.arange(width, device=device, dtype=images.dtype)
+    ys = torch.arange(height, device=device, dtype=images.dtype)[:, None]
+    distance = torch.hypot(xs - centres[..., 0, None, None], ys - centres[..., 1, None, None])  # (B, count, H, W)
+    ring = (distance - radius[..., None, None]).abs() <= stroke[..., None, None] / 2
+    dot = dotted[..., None, None] & (distance <= stroke[..., None, None])
+    chosen = torch.rand(batch, generator=generator, device=device) < probability
+    marks = (ring | dot).any(dim=1, keepdim=True) & chosen[:, None, None, None]  # a missing landmark draws none
+    return torch.where(marks, images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images), images)
+
+
 def random_tone_curve(unit: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
     """Each (B, 1, H, W) image of grey levels in [0, 1] through its own random increasing curve from 0 to 1,
     piecewise linear over TONE_STEPS steps whose slopes are log-normal with `spread`: a scanner's or a
@@ -165,11 +200,13 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
 def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
-    exports' overlays and inversion and the occlusion of landmarks (when on), intensity."""
+    exports' overlays, stray ear-rod rings, inversion and the occlusion of landmarks (when on), intensity."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
     if config.overlays:
         images = random_overlays(images, config.overlays, generator)
+    if config.rings:
+        images = random_rings(images, points, config.rings, generator)
     if config.invert:
         images = random_inversion(images, config.invert, generator)
     if config.occlusion:

@@ -5,7 +5,8 @@
 Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
-tight about the skull, a negative (bone dark, as some viewers display and export it). The landmarks
+tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
+ring in front of the ear (another cephalostat's, or the far-side rod of a turned head). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
 same doctors. Nothing is written but the table (and --output's JSON): the images of the data sets
 stay where they are.
@@ -108,6 +109,28 @@ def ruler(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(np.asarray(picture), points, spacing)
 
 
+# Porion: landmark 4 of the challenge's list, in its 38 landmarks and in the 19 of the public sets alike.
+PORION = 3
+# The stray ear rod: a ring of this radius and stroke (mm), with a dot at its centre, drawn this far (mm,
+# x towards the face, y down) from Porion: where a second ring pulled Porion onto it in the first test.
+EAR_ROD_RADIUS_MM, EAR_ROD_STROKE_MM = 6.0, 0.7
+EAR_ROD_OFFSET_MM = np.array([15.0, 5.0])
+
+
+def stray_ear_rod(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """A bright ear-rod ring with a centre dot 15 mm in front of Porion and 5 mm below it, beside the
+    image's own ear rod."""
+    if np.isnan(points[PORION]).any():
+        return Framed(image, points, spacing)
+    picture = Image.fromarray(image.copy())
+    draw = ImageDraw.Draw(picture)
+    x, y = points[PORION] + EAR_ROD_OFFSET_MM / spacing
+    radius, stroke = EAR_ROD_RADIUS_MM / spacing, max(1, round(EAR_ROD_STROKE_MM / spacing))
+    draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=250, width=stroke)
+    draw.ellipse((x - stroke, y - stroke, x + stroke, y + stroke), fill=250)
+    return Framed(np.asarray(picture), points, spacing)
+
+
 def downscaled_jpeg(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     """Downscaled to 1000 px high and saved as JPEG quality 70."""
     scale = 1000 / image.shape[0]
@@ -140,7 +163,7 @@ def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
-    "inverted contrast": inverted,
+    "inverted contrast": inverted, "stray ear rod": stray_ear_rod,
 }
 
 
