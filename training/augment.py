@@ -6,8 +6,9 @@ their probability, for the ablation in the README. The steps that imitate clinic
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
 rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on, with
 random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres). So are
-stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them)
-and hiding boxes about landmarks (`occlusion`, tried across centres and not adopted; see the README). A step
+stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them;
+tried and not adopted, the tight crop's Porion got worse) and hiding boxes about landmarks (`occlusion`,
+tried across centres and not adopted; see the README for both). A step
 that is off draws nothing, so the default augmentation is what it always was.
 """
 
