@@ -1,8 +1,8 @@
 """Run the exported model with ONNX Runtime: images in, landmarks in original pixels (and confidences) out.
 
 The first stage finds every landmark on the resized image; a shape model, when the metadata has one,
-puts each landmark on the peak of its heatmap most probable on a plausible skull, or on the skull's
-estimate where none fits (`algorithm.shape`); a second stage looks again at a full-resolution crop about each landmark
+moves a landmark that cannot be where it is to another peak of its heatmap or to the skull's estimate
+(`algorithm.shape`); a second stage looks again at a full-resolution crop about each landmark
 (`algorithm.crops`) and is overruled where it leaves the skull. Every landmark ends inside its image.
 """
 
@@ -198,13 +198,14 @@ class LandmarkDetector:
                 for detection, image_heatmaps, geometry in zip(detections, heatmaps, geometries)]
 
     def keep_plausible(self, first: Detection, heatmaps: np.ndarray, geometry: ResizeGeometry) -> Detection:
-        """Step 3b: each landmark takes the peak of its heatmap most probable under the heatmap and the skull the
-        landmarks form; one with no peak on a plausible skull takes the shape model's estimate, with a low
-        probability."""
-        candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+        """Step 3b: a landmark that does not fit the others takes another peak of its heatmap that does, or the
+        shape model's estimate with a low probability."""
+        def peaks() -> tuple[np.ndarray, np.ndarray]:
+            candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+            return geometry.to_original(candidates), scores
+
         try:
-            points, confidence, fit, reestimated = self.shape.correct(first.points, first.confidence,
-                                                                      geometry.to_original(candidates), scores)
+            points, confidence, fit, reestimated = self.shape.correct(first.points, first.confidence, peaks)
         except DegenerateShape as error:
             return replace(first, confidence=np.minimum(first.confidence, REESTIMATED_PROBABILITY),
                            notes=(f"the landmarks form no skull ({error}): probability <= {REESTIMATED_PROBABILITY}",))

@@ -5,14 +5,14 @@ and each landmark's spread about the model (what the shapes vary beyond the mode
 detector errs by). Fitting one image's landmarks is robust: every pair of landmarks places the mean
 shape exactly (a similarity is fixed by two points), the pair under which the most landmarks fit
 starts an iteratively reweighted fit of the similarity and the modes, and a landmark whose residual
-exceeds `outlier_z` spreads does not fit the rest. Each landmark then takes the peak of its heatmap that is
-most probable under both the heatmap and the fitted skull; one with no peak that fits takes the shape's own
-estimate, with a low probability. Points are complex numbers (x + iy) here, so that a similarity is one
-complex factor and one offset.
+exceeds `outlier_z` spreads does not fit the rest. Such a landmark takes the strongest of its heatmap's
+other peaks that does fit, or else the shape's own estimate, with a low probability. Points are complex
+numbers (x + iy) here, so that a similarity is one complex factor and one offset.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -173,42 +173,33 @@ class ShapeModel:
         """A factor in (0, 1] for the confidence: near 1 well inside the spread, e^-2 at `outlier_z`."""
         return np.exp(-2 * (np.asarray(z) / self.outlier_z) ** 2)
 
-    def peak_costs(self, fit: ShapeFit, candidates_xy: np.ndarray, candidate_scores: np.ndarray) -> np.ndarray:
-        """(K, C) how improbable each of the (K, C, 2) heatmap peaks (image pixels, heights (K, C)) is as its
-        landmark: minus the log of its height relative to the map's top peak (the heatmap is a distribution)
-        plus half its squared z-score (the fitted skull as a Gaussian prior of the landmark's spread); inf for a
-        peak beyond `outlier_z` spreads or a missing one."""
-        z = self.z_of(fit, candidates_xy.swapaxes(0, 1)).T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cost = np.log(candidate_scores[:, :1]) - np.log(candidate_scores) + z**2 / 2
-        return np.where(np.isfinite(candidate_scores) & (candidate_scores > 0) & (z <= self.outlier_z), cost, np.inf)
-
-    def correct(self, points_xy: np.ndarray, confidence: np.ndarray, candidates_xy: np.ndarray,
-                candidate_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, ShapeFit, np.ndarray]:
+    def correct(self, points_xy: np.ndarray, confidence: np.ndarray,
+                peaks: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, ShapeFit,
+                                                                            np.ndarray]:
         """Keep one image's landmarks on a plausible skull.
 
         (K, 2) decoded landmarks and (K,) confidences to (K, 2) landmarks, (K,) confidences, the final fit and
-        a (K,) mask of re-estimated ones. Each landmark takes the peak of its heatmap that is most probable
-        given both the heatmap and the skull the landmarks form (`peak_costs`): a landmark on a bright ring a
-        few spreads off takes a weaker peak that fits the skull. One with no peak within `outlier_z` spreads
-        takes the shape's estimate. The peaks are (K, C, 2) image pixels with (K, C) heights, the first of each
-        map the decoded landmark (`HeatmapCodec.candidates`). Raises DegenerateShape where the landmarks form no
-        shape at all.
+        a (K,) mask of re-estimated ones. A landmark that does not fit takes the best-scoring of its heatmap's
+        other peaks that does, else the shape's estimate; `peaks()` gives them, (K, C, 2) image pixels and
+        (K, C) scores, and is called only when some landmark does not fit. Raises DegenerateShape where the
+        landmarks form no shape at all.
         """
         points = np.array(points_xy, dtype=np.float64)
-        confidence = np.array(confidence, dtype=np.float64)
         fit = self.fit(points)
-        costs = self.peak_costs(fit, candidates_xy, candidate_scores)
-        reestimated = ~np.isfinite(costs).any(axis=1)
-        choice = np.argmin(costs, axis=1)
-        moved = (choice > 0) & ~reestimated
-        rows = np.flatnonzero(moved)
-        points[rows] = candidates_xy[rows, choice[rows]]
-        # a weaker peak holds about its height's share of the top peak's mass
-        confidence[rows] *= candidate_scores[rows, choice[rows]] / candidate_scores[rows, 0]
-        points[reestimated] = fit.estimate_xy[reestimated]
-        if (moved | reestimated).any() and (~reestimated).sum() >= 3:  # else the first fit is the best there is
-            fit = self.fit(points, usable=~reestimated)
+        outliers = fit.z > self.outlier_z
+        reestimated = np.zeros(len(points), dtype=bool)
+        if outliers.any():
+            candidates_xy, candidate_scores = peaks()
+            candidate_z = self.z_of(fit, candidates_xy.swapaxes(0, 1)).T  # (K, C)
+            fitting = (candidate_z <= self.outlier_z) & np.isfinite(candidate_scores)
+            for k in np.flatnonzero(outliers):
+                if fitting[k].any():
+                    points[k] = candidates_xy[k, np.argmax(np.where(fitting[k], candidate_scores[k], -np.inf))]
+                else:
+                    points[k] = fit.estimate_xy[k]
+                    reestimated[k] = True
+            if (~reestimated).sum() >= 3:  # else the first fit, of all of them, is the best there is
+                fit = self.fit(points, usable=~reestimated)
         return points, self.trust(confidence, np.where(reestimated, 0, fit.z), reestimated), fit, reestimated
 
     def trust(self, confidence: np.ndarray, z: np.ndarray, reestimated: np.ndarray) -> np.ndarray:
