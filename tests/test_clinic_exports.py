@@ -3,10 +3,15 @@ their distances in mm, or its figures in the README would score landmarks agains
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from training.clinic_exports import EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, stray_ear_rod
+from training.clinic_exports import (EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, gross_errors,
+                                     score_framings, stray_ear_rod)
+from training.data import LandmarkData
 
 SPACING_MM = 0.1
 DOTS = np.array([[320.0, 310.0], [610.5, 340.0], [450.0, 560.25], [350.0, 790.0], [640.0, 770.0]])  # x, y
@@ -56,3 +61,36 @@ def test_the_stray_ear_rod_is_a_ring_where_it_is_said_to_be():
     missing = DOTS.copy()
     missing[PORION] = np.nan
     assert np.array_equal(stray_ear_rod(image, missing, SPACING_MM).image, image)
+
+
+def test_gross_errors_name_image_and_landmark_worst_first():
+    errors = np.array([[1.0, 12.0, np.nan], [30.0, 0.5, 10.0]])
+    found = gross_errors(errors, ["a 1.png", "a 2.png"], ["Sella", "Nasion", "Porion"])
+    assert found == [{"image": "a 2.png", "landmark": "1 Sella", "error_mm": 30.0},
+                     {"image": "a 1.png", "landmark": "2 Nasion", "error_mm": 12.0}]  # 10.0 is not beyond 10 mm
+
+
+def test_score_framings_gives_each_framings_figures_per_landmark_and_its_gross_errors(tmp_path):
+    """A detector that puts landmark 2 15 mm off on every framing: the summary, the per-landmark row and the
+    list of gross errors must all say so, naming the image."""
+    path = tmp_path / "ceph.png"
+    Image.fromarray(dotted_image()).save(path)
+    names = [f"L{k + 1}" for k in range(len(DOTS))]
+    data = LandmarkData([path], DOTS[None].copy(), np.array([SPACING_MM]), names, "centre")
+    off = DOTS.copy()
+    off[1, 0] += 15.0 / SPACING_MM
+
+    class OffByOne:
+        metadata = SimpleNamespace(landmark_names=names)
+
+        def predict(self, images):
+            for _ in images:
+                yield SimpleNamespace(points=off.copy(), confidence=np.linspace(0.1, 0.9, len(DOTS)))
+
+    results = score_framings(OffByOne(), [data], {"centre": [0]}, ["unchanged", "inverted contrast"])
+    for framing in ("unchanged", "inverted contrast"):
+        row = results[framing]
+        assert row["beyond_10mm"] == 1 and row["MRE"] == pytest.approx(15.0 / len(DOTS))
+        assert row["per_landmark"][1]["landmark"] == "2 L2" and row["per_landmark"][1]["MRE"] == pytest.approx(15.0)
+        assert row["per_landmark"][0]["MRE"] == 0.0
+        assert row["gross_errors"] == [{"image": "centre ceph.png", "landmark": "2 L2", "error_mm": pytest.approx(15.0)}]

@@ -8,7 +8,8 @@ text, a ruler in front of the face, a copy downscaled to 1000 px high and saved 
 tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
 ring in front of the ear (another cephalostat's, or the far-side rod of a turned head). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
-same doctors. Nothing is written but the table (and --output's JSON): the images of the data sets
+same doctors. Nothing is written but the table, a line naming the image and landmark of each gross
+error, and --output's JSON (with each framing's per-landmark figures too): the images of the data sets
 stay where they are.
 """
 
@@ -31,8 +32,8 @@ from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
-from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, radial_errors_mm,
-                              summarize)
+from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
+                              per_landmark, radial_errors_mm, summarize)
 from training.split import part_of, recorded_split
 
 
@@ -175,15 +176,27 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(gray.astype(np.float64) * (255.0 / max(1.0, float(gray.max()))), 0, 255).astype(np.uint8)
 
 
+def gross_errors(errors_mm: np.ndarray, images: list[str], landmark_names: list[str]) -> list[dict]:
+    """Every landmark further than GROSS_ERROR_MM from the doctors' point, worst first: its image, landmark and
+    error, so that a gross error in the table can be looked at."""
+    rows, landmarks = np.nonzero(np.nan_to_num(errors_mm) > GROSS_ERROR_MM)
+    found = [{"image": images[i], "landmark": f"{k + 1} {landmark_names[k]}", "error_mm": float(errors_mm[i, k])}
+             for i, k in zip(rows, landmarks)]
+    return sorted(found, key=lambda row: -row["error_mm"])
+
+
 def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], splits: dict[str, list[int]],
                    transforms: list[str]) -> dict[str, dict]:
-    """Each framing's summary (and its count of gross errors) over the chosen images of every data set."""
+    """Each framing's summary (its count of gross errors too), per landmark, and its gross errors one by one,
+    over the chosen images of every data set."""
     errors: dict[str, list[np.ndarray]] = {name: [] for name in transforms}
     confidences: dict[str, list[np.ndarray]] = {name: [] for name in transforms}
+    images: list[str] = []
     total = sum(len(splits[d.name]) for d in datasets)
     with tqdm(total=total * len(transforms), desc="clinic exports", unit="image") as progress:
         for data in datasets:
             for index, image in zip(splits[data.name], data.read_images(splits[data.name])):
+                images.append(f"{data.name} {data.image_name(index)}")
                 gray = to_uint8(image)
                 for name in transforms:
                     framed = TRANSFORMS[name](gray, data.landmarks[index], float(data.spacing[index]))
@@ -192,11 +205,14 @@ def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], spl
                                                          np.array([framed.spacing]))[0])
                     confidences[name].append(detection.confidence)
                     progress.update()
+    names = detector.metadata.landmark_names
     results = {}
     for name in transforms:
         stacked, confidence = np.stack(errors[name]), np.stack(confidences[name])
         gross_found = confidence_report(confidence, stacked)["gross_among_least_confident"]
-        results[name] = {**summarize(stacked), "gross_among_least_confident": gross_found}
+        results[name] = {**summarize(stacked), "gross_among_least_confident": gross_found,
+                         "per_landmark": per_landmark(stacked, names),
+                         "gross_errors": gross_errors(stacked, images, names)}
     return results
 
 
@@ -212,7 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run the model's second stage")
     parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the landmarks on a plausible skull with the model's shape model")
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here, with each framing's per-landmark figures and gross errors")
     return parser.parse_args(argv)
 
 
@@ -237,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{'both stages' if detector.refinement else 'first stage'}:")
     print(format_table([{"framing": name, **row} for name, row in results.items()], columns))
     print("gross_among_least_confident: the share of errors beyond 5 mm among the 10 % least confident landmarks")
+    for name, row in results.items():
+        if row["gross_errors"]:
+            print(f"{name}, beyond {GROSS_ERROR_MM:g} mm: " + "; ".join(
+                f"{error['image']} {error['landmark']} {error['error_mm']:.1f} mm" for error in row["gross_errors"]))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"each framing's summary, per landmark figures and gross errors: {args.output}")
     return 0
 
 
