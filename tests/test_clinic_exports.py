@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.clinic_exports import (EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, gross_errors,
-                                     score_framings, stray_ear_rod)
+from training.clinic_exports import (EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, score_framings,
+                                     stray_ear_rod)
 from training.data import LandmarkData
+from training.metrics import gross_errors
 
 SPACING_MM = 0.1
 DOTS = np.array([[320.0, 310.0], [610.5, 340.0], [450.0, 560.25], [350.0, 790.0], [640.0, 770.0]])  # x, y
@@ -93,4 +94,5 @@ def test_score_framings_gives_each_framings_figures_per_landmark_and_its_gross_e
         assert row["beyond_10mm"] == 1 and row["MRE"] == pytest.approx(15.0 / len(DOTS))
         assert row["per_landmark"][1]["landmark"] == "2 L2" and row["per_landmark"][1]["MRE"] == pytest.approx(15.0)
         assert row["per_landmark"][0]["MRE"] == 0.0
-        assert row["gross_errors"] == [{"image": "centre ceph.png", "landmark": "2 L2", "error_mm": pytest.approx(15.0)}]
+        assert row["gross_errors"] == [{"image": "centre ceph.png", "landmark": "2 L2",
+                                        "error_mm": pytest.approx(15.0)}]

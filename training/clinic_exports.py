@@ -33,7 +33,7 @@ from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources
 from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
-                              per_landmark, radial_errors_mm, summarize)
+                              gross_errors, per_landmark, radial_errors_mm, summarize)
 from training.split import part_of, recorded_split
 
 
@@ -176,15 +176,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(gray.astype(np.float64) * (255.0 / max(1.0, float(gray.max()))), 0, 255).astype(np.uint8)
 
 
-def gross_errors(errors_mm: np.ndarray, images: list[str], landmark_names: list[str]) -> list[dict]:
-    """Every landmark further than GROSS_ERROR_MM from the doctors' point, worst first: its image, landmark and
-    error, so that a gross error in the table can be looked at."""
-    rows, landmarks = np.nonzero(np.nan_to_num(errors_mm) > GROSS_ERROR_MM)
-    found = [{"image": images[i], "landmark": f"{k + 1} {landmark_names[k]}", "error_mm": float(errors_mm[i, k])}
-             for i, k in zip(rows, landmarks)]
-    return sorted(found, key=lambda row: -row["error_mm"])
-
-
 def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], splits: dict[str, list[int]],
                    transforms: list[str]) -> dict[str, dict]:
     """Each framing's summary (its count of gross errors too), per landmark, and its gross errors one by one,
@@ -228,7 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run the model's second stage")
     parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the landmarks on a plausible skull with the model's shape model")
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here, with each framing's per-landmark figures and gross errors")
+    parser.add_argument("--output", type=Path,
+                        help="also write the results as JSON here, with each framing's per-landmark figures and "
+                             "gross errors")
     return parser.parse_args(argv)
 
 

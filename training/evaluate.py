@@ -26,8 +26,8 @@ from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from training.data import LandmarkData, load_sources, source_name
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, per_landmark,
-                              radial_errors_mm, summarize)
+from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, landmark_label,
+                              per_landmark, radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import plot_error_cdf
 from training.split import SPLIT_FILE, Split, part_of, read_split, recorded_split
@@ -125,7 +125,7 @@ def write_per_image(rows: list[tuple[str, str, np.ndarray, tuple[str, ...]]], na
     warnings about the image (re-estimated landmarks, a second look not kept...), joined by " | "."""
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["data_set", "image", "MRE"] + [f"{k + 1} {name}" for k, name in enumerate(names)]
+        writer.writerow(["data_set", "image", "MRE"] + [landmark_label(k, name) for k, name in enumerate(names)]
                         + ["notes"])
         for data_set, label, errors, notes in rows:
             writer.writerow([data_set, label, f"{np.nanmean(errors):.3f}"] + [f"{e:.3f}" for e in errors]

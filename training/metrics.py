@@ -28,12 +28,26 @@ def summarize(errors_mm: np.ndarray) -> dict[str, float]:
     return summary
 
 
+def landmark_label(k: int, name: str) -> str:
+    """How tables, captions and lists name landmark k (0-based): its number and name, '4 Porion'."""
+    return f"{k + 1} {name}"
+
+
 def per_landmark(errors_mm: np.ndarray, names: list[str]) -> list[dict[str, float | str]]:
     """The summary of each landmark on its own; count 0 and NaN for a landmark annotated nowhere."""
     unscored = {**dict.fromkeys(summarize(np.zeros(1)), float("nan")), "count": 0}
-    return [{"landmark": f"{k + 1} {name}",
+    return [{"landmark": landmark_label(k, name),
              **(summarize(errors_mm[:, k]) if (~np.isnan(errors_mm[:, k])).any() else unscored)}
             for k, name in enumerate(names)]
+
+
+def gross_errors(errors_mm: np.ndarray, images: list[str], landmark_names: list[str]) -> list[dict]:
+    """Every landmark further than GROSS_ERROR_MM from the doctors' point in (N, K) errors, worst first: its image
+    (of the N `images`), landmark and error, so that a gross error in a table can be looked at."""
+    rows, landmarks = np.nonzero(np.nan_to_num(errors_mm) > GROSS_ERROR_MM)
+    found = [{"image": images[i], "landmark": landmark_label(k, landmark_names[k]), "error_mm": float(errors_mm[i, k])}
+             for i, k in zip(rows, landmarks)]
+    return sorted(found, key=lambda row: -row["error_mm"])
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -23,7 +23,7 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
 from algorithm.preprocessing import content_extent, to_grayscale
-from training.metrics import radial_errors_mm
+from training.metrics import landmark_label, radial_errors_mm
 
 TRUTH_COLOUR = (0, 210, 255)
 FIRST_STAGE_COLOUR = (255, 0, 255)
@@ -180,7 +180,7 @@ def tile(gray: np.ndarray, marks: Marks, k: int) -> Image.Image:
 def landmark_caption(marks: Marks, k: int) -> str:
     """'k name', then its probability and error where known."""
     errors = marks.errors_mm()
-    parts = [f"{k + 1} {marks.names[k]}"]
+    parts = [landmark_label(k, marks.names[k])]
     if marks.probability is not None and np.isfinite(marks.probability[k]):
         parts.append(f"p {marks.probability[k]:.2f}")
     if errors is not None and np.isfinite(errors[k]):
