@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from conftest import TINY_CONFIG, TINY_REFINE, assert_valid_output, run_module
 
@@ -357,3 +358,59 @@ def test_evaluate_scores_the_test_part_the_model_records(two_stage_model, synthe
     assert result.returncode == 0, result.stderr
     scored = json.loads((tmp_path / "scores" / "metrics.json").read_text())["data_sets"][name]
     assert scored["split"] == "test" and scored["num_images"] == 3
+
+
+@pytest.fixture(scope="module")
+def second_seed(tmp_path_factory, synthetic_dataset, first_stage) -> Path:
+    """Another second stage of the same recipe and first stage, seed 1: the same split, other weights."""
+    run = tmp_path_factory.mktemp("refine-seed-1") / "run"
+    result = run_module("training.train", "--config", TINY_REFINE, "--first-stage", first_stage, "--seed", 1,
+                        "--images", synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+                        "--output", run, "--epochs", 1)
+    assert result.returncode == 0, result.stderr
+    result = run_module("training.export", "--checkpoint", run / "best.pt", "--output", run.parent / "model")
+    assert result.returncode == 0, result.stderr
+    return run.parent / "model"
+
+
+def crop_heatmaps(model: Path, crops: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model / "refine.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: crops})[0]
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_second_stages_is_the_mean_of_their_heatmaps_in_one_graph(two_stage_model, second_seed,
+                                                                                 synthetic_dataset, tmp_path):
+    output = tmp_path / "ensemble"
+    result = run_module("training.ensemble", two_stage_model, second_seed, "--output", output)
+    assert result.returncode == 0, result.stderr
+    assert "the mean of 2 second stages" in result.stdout
+    crops = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    members = [crop_heatmaps(model, crops) for model in (two_stage_model, second_seed)]
+    assert not np.allclose(members[0], members[1], rtol=1e-2, atol=0)  # two seeds: different maps
+    np.testing.assert_allclose(crop_heatmaps(output, crops), np.mean(members, axis=0), rtol=1e-4, atol=1e-7)
+    assert (output / "model.onnx").read_bytes() == (two_stage_model / "model.onnx").read_bytes()
+    refinement = ModelMetadata.load(output).refinement
+    assert [m["config"]["seed"] for m in refinement.training["members"]] == [0, 1]
+    assert refinement.training["split"] == ModelMetadata.load(second_seed).refinement.training["split"]
+    detections = list(LandmarkDetector(output, device="cpu").predict(synthetic_dataset.images[:2]))
+    assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in detections)
+    again = run_module("training.ensemble", two_stage_model, second_seed, "--output", output)
+    assert again.returncode == 1 and "already holds a model; add --overwrite" in again.stderr
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_second_stages_that_see_other_crops_or_none_is_refused(two_stage_model, second_seed,
+                                                                             first_stage, tmp_path):
+    wider = tmp_path / "wider"
+    shutil.copytree(second_seed, wider)
+    metadata = json.loads((wider / "metadata.json").read_text())
+    metadata["refinement"]["crops"]["fraction"] = 0.3
+    (wider / "metadata.json").write_text(json.dumps(metadata))
+    for members, message in (([two_stage_model, wider], f"error: {wider}: its second stage differs from "
+                              f"{two_stage_model}'s in its crops; average only second stages of one recipe and split"),
+                             ([two_stage_model, first_stage], f"error: {first_stage / 'metadata.json'}: no second "
+                              "stage to average")):
+        result = run_module("training.ensemble", *members, "--output", tmp_path / "ensemble")
+        assert result.returncode == 1 and result.stderr.strip() == message
+        assert not (tmp_path / "ensemble").exists()
