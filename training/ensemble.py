@@ -23,9 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from algorithm.metadata import METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from training.export import RELATIVE_TOLERANCE, ExportMismatch
-
-INPUT, OUTPUT = "image", "heatmaps"
+from training.export import RELATIVE_TOLERANCE, ExportMismatch, refuse_overwrite
 
 
 def second_stages(folders: list[Path]) -> list[ModelMetadata]:
@@ -52,15 +50,19 @@ def second_stages(folders: list[Path]) -> list[ModelMetadata]:
 
 def mean_graph(graphs: list[onnx.ModelProto]) -> onnx.ModelProto:
     """One graph that feeds its input to every member and outputs the mean of their heatmaps."""
-    nodes, initializers = [], []
+    first = graphs[0].graph
+    image, heatmaps = first.input[0].name, first.output[0].name
+    nodes, initializers, outputs = [], [], []
     for index, graph in enumerate(graphs):
-        prefixed = onnx.compose.add_prefix(graph, f"member{index}/")
+        prefix = f"member{index}/"
+        prefixed = onnx.compose.add_prefix(graph, prefix)
+        own_input = prefix + graph.graph.input[0].name
         for node in prefixed.graph.node:
-            node.input[:] = [INPUT if name == f"member{index}/{INPUT}" else name for name in node.input]
+            node.input[:] = [image if name == own_input else name for name in node.input]
         nodes += prefixed.graph.node
         initializers += prefixed.graph.initializer
-    nodes.append(onnx.helper.make_node("Mean", [f"member{i}/{OUTPUT}" for i in range(len(graphs))], [OUTPUT]))
-    first = graphs[0].graph
+        outputs.append(prefix + graph.graph.output[0].name)
+    nodes.append(onnx.helper.make_node("Mean", outputs, [heatmaps]))
     merged = onnx.helper.make_graph(nodes, "second_stage_mean", list(first.input), list(first.output), initializers)
     model = onnx.helper.make_model(merged, opset_imports=graphs[0].opset_import)
     model.ir_version = graphs[0].ir_version
@@ -74,7 +76,8 @@ def compare_with_members(ensemble: Path, members: list[Path], size: int) -> floa
     crops = np.random.default_rng(0).standard_normal((4, 1, size, size)).astype(np.float32)
 
     def run(path: Path) -> np.ndarray:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT: crops})[0]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: crops})[0]
 
     expected = np.mean([run(path) for path in members], axis=0)
     relative = float(np.abs(run(ensemble) - expected).max() / np.abs(expected).max())
@@ -120,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         parser.error("give at least two model folders to average")
-    if (args.output / MODEL_FILE).exists() and not args.overwrite:
-        print(f"error: {args.output} already holds a model; add --overwrite to replace it, or choose another "
-              "--output", file=sys.stderr)
+    if refuse_overwrite(args.output, args.overwrite):
         return 1
     try:
         accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None

@@ -77,6 +77,15 @@ def describe_check(report: dict) -> str:
             f"{report['max_landmark_shift_px']:.4f} model pixels (limit {LANDMARK_TOLERANCE_PX:g})")
 
 
+def refuse_overwrite(output: Path, overwrite: bool) -> bool:
+    """Say so and return True where `output` already holds a model that --overwrite does not allow replacing."""
+    if (output / MODEL_FILE).exists() and not overwrite:
+        print(f"error: {output} already holds a model; add --overwrite to replace it, or choose another --output",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def next_steps(stage: DetectStage | RefineStage, output: Path) -> str:
     """What to run after an export: score it, the stage's own next step, refresh the smoke test."""
     steps = [f"python -m training.evaluate --model {output}          # score it through the container's code"]
@@ -163,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = STAGES[config.stage]
     found = [Path(images) for images, _ in config.sources() if Path(images).exists()]
     compare_input = args.compare_input or (found[0] if found else SMOKE_INPUT)
-    if (args.output / MODEL_FILE).exists() and not args.overwrite:
-        print(f"error: {args.output} already holds a model; add --overwrite to replace it, or choose another "
-              "--output", file=sys.stderr)
+    if refuse_overwrite(args.output, args.overwrite):
         return 1
     print(f"comparing torch and ONNX Runtime on images of {compare_input}")
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else {}
