@@ -67,6 +67,9 @@ def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> 
         raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # One block planned ahead for all of a run's intermediate tensors (the memory pattern) held at peak about 40 MB
+    # more for the first stage and 35 MB more for the second stage's 19 crops, at no measured gain in speed.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3  # the CUDA fallback is reported below, once and clearly
     providers = _providers_for(device)
     try:
@@ -200,8 +203,8 @@ class LandmarkDetector:
     def keep_plausible(self, first: Detection, heatmaps: np.ndarray, geometry: ResizeGeometry) -> Detection:
         """Step 3b: a landmark that does not fit the others takes another peak of its heatmap that does, or the
         shape model's estimate with a low probability."""
-        def peaks() -> tuple[np.ndarray, np.ndarray]:
-            candidates, scores = self.codec.candidates(heatmaps, self.shape.candidates)
+        def peaks(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            candidates, scores = self.codec.candidates(heatmaps[landmarks], self.shape.candidates)
             return geometry.to_original(candidates), scores
 
         try:

@@ -159,9 +159,12 @@ class ShapeModel:
         z = self._z((np.where(np.isfinite(given), given, 0) - offset) / factor, shape)
         return ShapeFit(factor, offset, shape, np.where(np.isfinite(given), z, np.inf))
 
-    def z_of(self, fit: ShapeFit, points_xy: np.ndarray) -> np.ndarray:
-        """(..., K) z-scores of other (..., K, 2) image points under an existing fit."""
-        return self._z((to_complex(points_xy) - fit.offset) / fit.factor, fit.shape)
+    def z_of(self, fit: ShapeFit, points_xy: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+        """(..., K) z-scores of other (..., K, 2) image points under an existing fit; with `landmarks` (L indices),
+        (..., L) z-scores of (..., L, 2) points of those landmarks only."""
+        which = slice(None) if landmarks is None else landmarks
+        model_points = (to_complex(points_xy) - fit.offset) / fit.factor
+        return np.abs(model_points - fit.shape[which]) / self._arrays["spread"][which]
 
     def frame_box(self, fit: ShapeFit) -> np.ndarray:
         """(left, top, width, height) in image pixels of the frame that training images would give this skull."""
@@ -174,27 +177,28 @@ class ShapeModel:
         return np.exp(-2 * (np.asarray(z) / self.outlier_z) ** 2)
 
     def correct(self, points_xy: np.ndarray, confidence: np.ndarray,
-                peaks: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, ShapeFit,
-                                                                            np.ndarray]:
+                peaks: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray,
+                                                                                      ShapeFit, np.ndarray]:
         """Keep one image's landmarks on a plausible skull.
 
         (K, 2) decoded landmarks and (K,) confidences to (K, 2) landmarks, (K,) confidences, the final fit and
         a (K,) mask of re-estimated ones. A landmark that does not fit takes the best-scoring of its heatmap's
-        other peaks that does, else the shape's estimate; `peaks()` gives them, (K, C, 2) image pixels and
-        (K, C) scores, and is called only when some landmark does not fit. Raises DegenerateShape where the
-        landmarks form no shape at all.
+        other peaks that does, else the shape's estimate; `peaks(landmarks)` gives them for L landmark indices,
+        (L, C, 2) image pixels and (L, C) scores, and is asked only for the landmarks that do not fit. Raises
+        DegenerateShape where the landmarks form no shape at all.
         """
         points = np.array(points_xy, dtype=np.float64)
         fit = self.fit(points)
         outliers = fit.z > self.outlier_z
         reestimated = np.zeros(len(points), dtype=bool)
         if outliers.any():
-            candidates_xy, candidate_scores = peaks()
-            candidate_z = self.z_of(fit, candidates_xy.swapaxes(0, 1)).T  # (K, C)
+            which = np.flatnonzero(outliers)
+            candidates_xy, candidate_scores = peaks(which)
+            candidate_z = self.z_of(fit, candidates_xy.swapaxes(0, 1), which).T  # (L, C)
             fitting = (candidate_z <= self.outlier_z) & np.isfinite(candidate_scores)
-            for k in np.flatnonzero(outliers):
-                if fitting[k].any():
-                    points[k] = candidates_xy[k, np.argmax(np.where(fitting[k], candidate_scores[k], -np.inf))]
+            for row, k in enumerate(which):
+                if fitting[row].any():
+                    points[k] = candidates_xy[row, np.argmax(np.where(fitting[row], candidate_scores[row], -np.inf))]
                 else:
                     points[k] = fit.estimate_xy[k]
                     reestimated[k] = True

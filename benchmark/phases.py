@@ -4,8 +4,8 @@
 
 Loads the model the container would load (`algorithm.metadata.locate_model`) and runs the container's
 own public pieces in the order `algorithm.process` runs them, batch size 1: its StackLoader (the
-stack's header and the checksum of the whole file, with which UniqueStacksValidator refuses a file
-given twice), then for each image of the ImageStack the detector's steps that `LandmarkDetector.predict`
+stack's header and size) and UniqueStacksValidator (which reads a checksum only of files that share a
+size, so none for one stack), then for each image of the ImageStack the detector's steps that `LandmarkDetector.predict`
 chains, then the output writer. Each phase is timed with time.perf_counter. Prints one JSON object to
 stdout: the model folder, fixed costs in seconds (imports, model load, the JSON output), the duplicate
 check (per stack, so it grows with N), per phase the time of every image in milliseconds, and the
@@ -24,12 +24,13 @@ from collections.abc import Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from pandas import DataFrame  # noqa: E402
 
 from algorithm.devices import DEVICES  # noqa: E402
 from algorithm.inference import Detection, LandmarkDetector  # noqa: E402
 from algorithm.metadata import locate_model  # noqa: E402
 from algorithm.output import multiple_points, schema_errors, write_json_atomically  # noqa: E402
-from algorithm.process import StackLoader  # noqa: E402  (and with it the entry point's imports: evalutils, pandas)
+from algorithm.process import StackLoader, UniqueStacksValidator  # noqa: E402  (and the entry point's imports)
 from algorithm.reader import ImageStack  # noqa: E402
 
 # each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's)
@@ -85,7 +86,7 @@ def profile(stack_path: Path, model_dir: Path, device: str = "auto", threads: in
     memory["after_model_load"] = resident_mb()["rss"]
 
     start = clock()
-    StackLoader().load(fname=stack_path)  # the header, and the checksum UniqueStacksValidator compares
+    UniqueStacksValidator().validate(df=DataFrame(StackLoader().load(fname=stack_path)))
     duplicate_check_s = clock() - start
 
     detections, times = time_phases(detector, ImageStack(stack_path))

@@ -93,6 +93,18 @@ def test_resize_keeps_a_constant_image_constant():
     np.testing.assert_allclose(resize(np.full((517, 333), 42, np.uint8), INPUT_HEIGHT, INPUT_WIDTH), 42, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_shrinking_averages_whole_pixel_blocks_exactly(dtype):
+    """A 4x shrink samples each output pixel at the centre of a 4 x 4 block, so it is that block's mean: the
+    same to the last bit for integer pixels of any type, also from a strided channel of an RGB image."""
+    low, high = (-300, 4000) if dtype == np.int16 else (0, 256 if dtype == np.uint8 else 60000)
+    values = np.random.default_rng(0).integers(low, high, (4 * INPUT_HEIGHT, 4 * INPUT_WIDTH)).astype(dtype)
+    expected = values.astype(np.float64).reshape(INPUT_HEIGHT, 4, INPUT_WIDTH, 4).mean(axis=(1, 3))
+    rgb = np.repeat(values[..., None], 3, axis=2)
+    resized = resize(to_grayscale(rgb), INPUT_HEIGHT, INPUT_WIDTH)
+    np.testing.assert_array_equal(resized, expected.astype(np.float32))
+
+
 def blob_image(content_hw, padded_hw, centre_xy, sigma, dtype=np.uint16):
     """A bright Gaussian blob on a constant, non-zero background, zero-padded at the right and bottom."""
     height, width = content_hw

@@ -65,6 +65,32 @@ def test_each_stack_is_opened_once(tmp_path, untrained_model, monkeypatch):
     assert opened == ["a.mha", "b.mha"]
 
 
+def two_of_one_size(folder):
+    save_stack(folder, "a.mha", FIVE_IMAGES[:2], FIVE_HEIGHT, FIVE_WIDTH)
+    save_stack(folder, "b.mha", FIVE_IMAGES[2:4], FIVE_HEIGHT, FIVE_WIDTH)
+
+
+def test_only_files_of_one_size_are_read_for_the_duplicate_check(tmp_path, untrained_model, monkeypatch):
+    """A lone stack, or stacks of different sizes, cannot hold the same bytes: none is read for a checksum. Two of
+    one size are, and pass when their images differ (a file given twice is refused: test_hostile_inputs)."""
+    checksummed = []
+    content_hash = ImageStack.content_hash
+
+    def counting(stack):
+        checksummed.append(stack.path.name)
+        return content_hash(stack)
+
+    monkeypatch.setattr(ImageStack, "content_hash", counting)
+    for name, make_input in [("one stack", compressed), ("two sizes", two_stacks), ("one size", two_of_one_size)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        make_input(folder)
+        checksummed.clear()
+        assert process.main(["--input", str(folder), "--output", str(tmp_path / f"{name}.json"), "--model",
+                             str(untrained_model), "--device", "cpu"]) == 0
+        assert checksummed == (["a.mha", "b.mha"] if name == "one size" else []), name
+
+
 def test_the_five_images_are_told_apart(five_image_landmarks):
     """Otherwise the order checks above could not fail."""
     assert len({tuple(np.round(points.ravel(), 1)) for points in five_image_landmarks}) == 5

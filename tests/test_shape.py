@@ -75,7 +75,14 @@ def test_correct_takes_the_other_peak_that_fits_or_else_the_estimate(model):
     scores = np.tile([0.5, 0.2, 0.1], (NUM_LANDMARKS, 1))
     candidates[2, 1] = truth[2] + [3, -2]  # landmark 2's heatmap also peaks on the right structure
     confidence = np.full(NUM_LANDMARKS, 0.9)
-    points, corrected, _, reestimated = model.correct(decoded, confidence, lambda: (candidates, scores))
+    asked = []
+
+    def peaks(which):
+        asked.append(list(which))
+        return candidates[which], scores[which]
+
+    points, corrected, _, reestimated = model.correct(decoded, confidence, peaks)
+    assert asked == [[2, 5]]  # the heatmaps of the two that do not fit, and no other
     np.testing.assert_allclose(points[2], truth[2] + [3, -2])
     assert not reestimated[2] and reestimated[5]
     assert np.linalg.norm(points[5] - truth[5]) < 40  # the shape's estimate: near, not exact
@@ -151,7 +158,7 @@ def test_the_detector_takes_the_weaker_peak_on_the_right_structure(full_model, m
 def test_a_skull_that_fits_is_left_alone_without_looking_for_other_peaks(model):
     truth = skull(np.random.default_rng(12))
 
-    def no_peaks():
+    def no_peaks(_landmarks):
         raise AssertionError("other peaks were looked for, though every landmark fits")
 
     points, _, _, reestimated = model.correct(truth, np.full(NUM_LANDMARKS, 0.9), no_peaks)
