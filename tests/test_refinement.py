@@ -382,7 +382,8 @@ def crop_heatmaps(model: Path, crops: np.ndarray) -> np.ndarray:
 def test_an_ensemble_of_second_stages_is_the_mean_of_their_heatmaps_in_one_graph(two_stage_model, second_seed,
                                                                                  synthetic_dataset, tmp_path):
     output = tmp_path / "ensemble"
-    result = run_module("training.ensemble", two_stage_model, second_seed, "--output", output)
+    result = run_module("training.ensemble", two_stage_model, second_seed, "--output", output, "--trained-on",
+                        "two seeds of one recipe")
     assert result.returncode == 0, result.stderr
     assert "the mean of 2 second stages" in result.stdout
     crops = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
@@ -390,6 +391,7 @@ def test_an_ensemble_of_second_stages_is_the_mean_of_their_heatmaps_in_one_graph
     assert not np.allclose(members[0], members[1], rtol=1e-2, atol=0)  # two seeds: different maps
     np.testing.assert_allclose(crop_heatmaps(output, crops), np.mean(members, axis=0), rtol=1e-4, atol=1e-7)
     assert (output / "model.onnx").read_bytes() == (two_stage_model / "model.onnx").read_bytes()
+    assert ModelMetadata.load(output).trained_on == "two seeds of one recipe"
     refinement = ModelMetadata.load(output).refinement
     assert [m["config"]["seed"] for m in refinement.training["members"]] == [0, 1]
     assert refinement.training["split"] == ModelMetadata.load(second_seed).refinement.training["split"]

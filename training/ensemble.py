@@ -87,10 +87,11 @@ def compare_with_members(ensemble: Path, members: list[Path], size: int) -> floa
     return relative
 
 
-def ensemble(folders: list[Path], output: Path, accuracy: dict | None = None) -> tuple[Path, float]:
+def ensemble(folders: list[Path], output: Path, accuracy: dict | None = None,
+             trained_on: str | None = None) -> tuple[Path, float]:
     """Write `output`: the first folder's first stage and metadata, with the mean of every folder's second stage
-    (and `accuracy`, the ensemble's held-out figures, where given); returns the averaged graph's path and how far
-    it differs from its members' mean."""
+    (and `accuracy`, the ensemble's held-out figures, and `trained_on`, where given); returns the averaged graph's
+    path and how far it differs from its members' mean."""
     members = second_stages(folders)
     graphs = [folder / member.refinement.model_file for folder, member in zip(folders, members)]
     metadata = members[0]
@@ -107,6 +108,7 @@ def ensemble(folders: list[Path], output: Path, accuracy: dict | None = None) ->
                            "split": refinement.training.get("split"),
                            "ensemble_check": {"max_relative_difference": relative}}
     metadata.accuracy = accuracy or metadata.accuracy
+    metadata.trained_on = trained_on or metadata.trained_on
     metadata.save(output)
     return output / refinement.model_file, relative
 
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--accuracy", type=Path, help="a metrics JSON from training.evaluate of this ensemble (or of "
                         "its split runs' ensemble) to record in the metadata (default: the first folder's)")
+    parser.add_argument("--trained-on", help="description of the training data for the metadata (default: the first "
+                        "folder's)")
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         parser.error("give at least two model folders to average")
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-        graph, relative = ensemble(args.models, args.output, accuracy)
+        graph, relative = ensemble(args.models, args.output, accuracy, args.trained_on)
     except (ModelError, ExportMismatch, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
