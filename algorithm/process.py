@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+import algorithm.lazy_scorers  # noqa: F401  (before evalutils: it then starts without scikit-learn)
 from evalutils import DetectionAlgorithm
 from evalutils.exceptions import FileLoaderError, ValidationError
 from evalutils.io import ImageLoader

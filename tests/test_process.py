@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import (EXPECTED_OUTPUT, FIVE_HEIGHT, FIVE_IMAGES, FIVE_WIDTH, SMOKE_INPUT, UNTRAINED_LANDMARKS,
+from conftest import (EXPECTED_OUTPUT, FIVE_HEIGHT, FIVE_IMAGES, FIVE_WIDTH, REPO, SMOKE_INPUT, UNTRAINED_LANDMARKS,
                       assert_valid_output, pad_gray, run_module, save_image, save_stack)
 
 from algorithm import process
@@ -89,6 +91,18 @@ def test_only_files_of_one_size_are_read_for_the_duplicate_check(tmp_path, untra
         assert process.main(["--input", str(folder), "--output", str(tmp_path / f"{name}.json"), "--model",
                              str(untrained_model), "--device", "cpu"]) == 0
         assert checksummed == (["a.mha", "b.mha"] if name == "one size" else []), name
+
+
+def test_the_entry_point_starts_without_scikit_learn_and_evalutils_scorers_still_work():
+    """evalutils' scorers (scikit-learn, SciPy: about 1 s and 85 MB) load only when an evaluation asks for them."""
+    check = ("import sys, algorithm.process\n"
+             "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules, 'loaded at start-up'\n"
+             "from evalutils.evalutils import score_detection\n"
+             "print(score_detection(ground_truth=[(0, 0), (5, 5)], predictions=[(0.1, 0), (9, 9)], radius=1))\n"
+             "assert 'sklearn' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "DetectionScore(true_positives=1, false_negatives=1, false_positives=1)"
 
 
 def test_the_five_images_are_told_apart(five_image_landmarks):
