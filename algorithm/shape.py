@@ -111,8 +111,10 @@ class ShapeModel:
         flat = to_xy(self._arrays["mean"]).ravel() + self._arrays["modes"] @ coefficients
         return to_complex(flat.reshape(-1, 2))
 
-    def _z(self, model_points: np.ndarray, shape: np.ndarray) -> np.ndarray:
-        return np.abs(model_points - shape) / self._arrays["spread"]
+    def _z(self, model_points: np.ndarray, shape: np.ndarray,
+           landmarks: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Residuals in spreads; with `landmarks`, model points of those landmarks only (the shape is whole)."""
+        return np.abs(model_points - shape[landmarks]) / self._arrays["spread"][landmarks]
 
     def _pair_start(self, points: np.ndarray, usable: np.ndarray) -> tuple[complex, complex]:
         """The similarity, placed by one pair of landmarks, under which the landmarks' median z is lowest."""
@@ -163,8 +165,7 @@ class ShapeModel:
         """(..., K) z-scores of other (..., K, 2) image points under an existing fit; with `landmarks` (L indices),
         (..., L) z-scores of (..., L, 2) points of those landmarks only."""
         which = slice(None) if landmarks is None else landmarks
-        model_points = (to_complex(points_xy) - fit.offset) / fit.factor
-        return np.abs(model_points - fit.shape[which]) / self._arrays["spread"][which]
+        return self._z((to_complex(points_xy) - fit.offset) / fit.factor, fit.shape, which)
 
     def frame_box(self, fit: ShapeFit) -> np.ndarray:
         """(left, top, width, height) in image pixels of the frame that training images would give this skull."""

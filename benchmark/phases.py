@@ -5,10 +5,10 @@
 Loads the model the container would load (`algorithm.metadata.locate_model`) and runs the container's
 own public pieces in the order `algorithm.process` runs them, batch size 1: its StackLoader (the
 stack's header and size) and UniqueStacksValidator (which reads a checksum only of files that share a
-size, so none for one stack), then for each image of the ImageStack the detector's steps that `LandmarkDetector.predict`
-chains, then the output writer. Each phase is timed with time.perf_counter. Prints one JSON object to
-stdout: the model folder, fixed costs in seconds (imports, model load, the JSON output), the duplicate
-check (per stack, so it grows with N), per phase the time of every image in milliseconds, and the
+size, so none for one stack), then for each image of the ImageStack the detector's steps that
+`LandmarkDetector.predict` chains, then the output writer. Each phase is timed with time.perf_counter.
+Prints one JSON object to stdout: the model folder, fixed costs in seconds (imports, model load, the JSON
+output), the duplicate check (per stack: with several of one size it grows with N), per phase the time of every image in milliseconds, and the
 resident memory after the imports, after the model load and at its peak.
 """
 

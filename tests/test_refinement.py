@@ -395,6 +395,7 @@ def test_an_ensemble_of_second_stages_is_the_mean_of_their_heatmaps_in_one_graph
     refinement = ModelMetadata.load(output).refinement
     assert [m["config"]["seed"] for m in refinement.training["members"]] == [0, 1]
     assert refinement.training["split"] == ModelMetadata.load(second_seed).refinement.training["split"]
+    assert not any("split" in member for member in refinement.training["members"])  # recorded once, above
     detections = list(LandmarkDetector(output, device="cpu").predict(synthetic_dataset.images[:2]))
     assert all(((d.confidence >= 0) & (d.confidence <= 1)).all() for d in detections)
     again = run_module("training.ensemble", two_stage_model, second_seed, "--output", output)

@@ -4,7 +4,7 @@ graph, so its code, its decoding and its parity check do not change.
 Second stages trained with the same recipe and split but another seed (`training.train --seed`, which keeps the
 first stage's split) err differently; the mean of their crop heatmaps lands closer than either, and where they
 disagree the mean map is spread out, so the landmark's `probability` falls. The cost is one more second-stage
-pass an image (README, "The shipped model": 0.30 -> 0.36 s an image on 2 CPU cores for two seeds).
+pass an image (README, "The shipped model": 0.25 -> 0.31 s an image on 2 CPU cores for two seeds).
 
     python -m training.ensemble runs/refine-split/model runs/refine-split-s1/model --output runs/refine-split-2
 """
@@ -104,7 +104,9 @@ def ensemble(folders: list[Path], output: Path, accuracy: dict | None = None,
         if (folders[0] / MODEL_FILE).resolve() != (output / MODEL_FILE).resolve():
             shutil.copyfile(folders[0] / MODEL_FILE, output / MODEL_FILE)
         shutil.copyfile(merged, output / refinement.model_file)
-    refinement.training = {"members": [member.refinement.training for member in members],
+    # the split once: `second_stages` checked that every member held out the same one
+    refinement.training = {"members": [{key: value for key, value in member.refinement.training.items()
+                                        if key != "split"} for member in members],
                            "split": refinement.training.get("split"),
                            "ensemble_check": {"max_relative_difference": relative}}
     metadata.accuracy = accuracy or metadata.accuracy
