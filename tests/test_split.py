@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.config import TrainConfig
 from training.data import LandmarkData
 from training.split import check_split, new_split, part_of, read_split, require_split, write_split
+from training.stages import STAGES
 
 
 def folder_data(name: str, files: list[str]) -> LandmarkData:
@@ -68,3 +70,11 @@ def test_an_empty_part_is_refused_pointing_to_the_split_run():
                                   "every image: score the model of its split run, runs/split, whose held-out images "
                                   "these were")
     assert part_of(split, "hamedan", "train", "runs/all/model") == list(range(20))
+
+
+def test_a_split_seed_holds_out_the_same_images_whatever_the_run_seed():
+    datasets = [folder_data("hamedan", FILES)]
+    stage = STAGES["detect"]
+    seed_0 = stage.split(TrainConfig(seed=0), datasets)
+    assert stage.split(TrainConfig(seed=1, split_seed=0), datasets) == seed_0
+    assert stage.split(TrainConfig(seed=1), datasets) != seed_0

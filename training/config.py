@@ -57,6 +57,8 @@ class TrainConfig:
     warmup_epochs: int = _option(3, "linear warm-up epochs")
     patience: int = _option(25, "stop after this many epochs without a better validation score")
     seed: int = _option(0, "seed of the split, the initial weights and the augmentation")
+    split_seed: int = _option(-1, "seed of the split alone (-1: --seed's); members of an ensemble differ in --seed "
+                              "and hold out the same images with one --split-seed")
     selection: str = _option("source_mean", "validation score that picks best.pt: the mean of the per-data-set "
                              "MREs (every centre alike) or the MRE pooled over all landmarks", SELECTIONS)
     val_fraction: float = _option(0.15, "share of each data set for validation (0: none; every epoch is kept, the "

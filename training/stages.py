@@ -146,8 +146,9 @@ class DetectStage:
         return HeatmapCodec(config.input_height, config.input_width, config.stride, config.sigma, config.decoder)
 
     def split(self, config: TrainConfig, datasets: list[LandmarkData]) -> Split:
-        """A new run's split: each data set's, from the seed and fractions."""
-        return new_split(datasets, config.seed, config.val_fraction, config.test_fraction)
+        """A new run's split: each data set's, from the split's seed (else the run's) and fractions."""
+        seed = config.seed if config.split_seed < 0 else config.split_seed
+        return new_split(datasets, seed, config.val_fraction, config.test_fraction)
 
     def validation_set(self, config: TrainConfig, data: LandmarkData, indices: list[int],
                        progress: bool = True) -> ValidationSet:
