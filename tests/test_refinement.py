@@ -373,9 +373,10 @@ def second_seed(tmp_path_factory, synthetic_dataset, first_stage) -> Path:
     return run.parent / "model"
 
 
-def crop_heatmaps(model: Path, crops: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(model / "refine.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: crops})[0]
+def graph_heatmaps(model: Path, inputs: np.ndarray, graph: str = "refine.onnx") -> np.ndarray:
+    """The heatmaps of one of a model folder's graphs (the second stage's by default) for `inputs`."""
+    session = ort.InferenceSession(str(model / graph), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
 
 
 @pytest.mark.slow
@@ -387,9 +388,9 @@ def test_an_ensemble_of_second_stages_is_the_mean_of_their_heatmaps_in_one_graph
     assert result.returncode == 0, result.stderr
     assert "the mean of 2 second stages" in result.stdout
     crops = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
-    members = [crop_heatmaps(model, crops) for model in (two_stage_model, second_seed)]
+    members = [graph_heatmaps(model, crops) for model in (two_stage_model, second_seed)]
     assert not np.allclose(members[0], members[1], rtol=1e-2, atol=0)  # two seeds: different maps
-    np.testing.assert_allclose(crop_heatmaps(output, crops), np.mean(members, axis=0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(graph_heatmaps(output, crops), np.mean(members, axis=0), rtol=1e-4, atol=1e-7)
     assert (output / "model.onnx").read_bytes() == (two_stage_model / "model.onnx").read_bytes()
     assert ModelMetadata.load(output).trained_on == "two seeds of one recipe"
     refinement = ModelMetadata.load(output).refinement
@@ -417,3 +418,54 @@ def test_an_ensemble_of_second_stages_that_see_other_crops_or_none_is_refused(tw
         result = run_module("training.ensemble", *members, "--output", tmp_path / "ensemble")
         assert result.returncode == 1 and result.stderr.strip() == message
         assert not (tmp_path / "ensemble").exists()
+
+
+@pytest.fixture(scope="module")
+def first_stage_seeds_1(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
+    """The first stage's recipe again with seed 1: on the same split (--split-seed 0), and on its own split."""
+    models = {}
+    for name, split_options in (("same split", ["--split-seed", 0]), ("own split", [])):
+        run = tmp_path_factory.mktemp("detect-seed-1") / "run"
+        result = run_module("training.train", "--config", TINY_CONFIG, "--seed", 1, *split_options, "--images",
+                            synthetic_dataset.images_dir, "--annotations", synthetic_dataset.annotations,
+                            "--output", run, "--epochs", 1)
+        assert result.returncode == 0, result.stderr
+        result = run_module("training.export", "--checkpoint", run / "best.pt", "--output", run.parent / "model")
+        assert result.returncode == 0, result.stderr
+        models[name] = run.parent / "model"
+    return models
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_first_stages_is_their_mean_and_keeps_the_second_stage(two_stage_model, first_stage_seeds_1,
+                                                                              synthetic_dataset, tmp_path):
+    output = tmp_path / "ensemble"
+    seed_1 = first_stage_seeds_1["same split"]
+    result = run_module("training.ensemble", "--stage", "detect", two_stage_model, seed_1, "--output", output)
+    assert result.returncode == 0, result.stderr
+    assert "the mean of 2 first stages" in result.stdout
+    codec = ModelMetadata.load(output).codec
+    inputs = np.random.default_rng(1).standard_normal((2, 1, codec.input_height, codec.input_width)).astype(np.float32)
+    members = [graph_heatmaps(model, inputs, "model.onnx") for model in (two_stage_model, seed_1)]
+    assert not np.allclose(members[0], members[1], rtol=1e-2, atol=0)
+    np.testing.assert_allclose(graph_heatmaps(output, inputs, "model.onnx"), np.mean(members, axis=0),
+                               rtol=1e-4, atol=1e-9)
+    assert (output / "refine.onnx").read_bytes() == (two_stage_model / "refine.onnx").read_bytes()
+    training = ModelMetadata.load(output).training
+    assert [member["config"]["seed"] for member in training["members"]] == [0, 1]
+    assert training["split"] == ModelMetadata.load(seed_1).training["split"]
+    assert training["config"] == ModelMetadata.load(two_stage_model).training["config"]
+    scored = run_module("training.evaluate", "--model", output, "--split", "test", "--output", tmp_path / "scored")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads((tmp_path / "scored" / "metrics.json").read_text())["stages"] == "first stage and refinement"
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_first_stages_that_held_out_other_images_is_refused(two_stage_model, first_stage_seeds_1,
+                                                                          tmp_path):
+    other = first_stage_seeds_1["own split"]
+    result = run_module("training.ensemble", "--stage", "detect", two_stage_model, other, "--output", tmp_path / "e")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {other}: its first stage differs from {two_stage_model}'s in its "
+                                     "split; average only first stages of one recipe and split")
+    assert not (tmp_path / "e").exists()

@@ -1,12 +1,14 @@
-"""Average the second stages of several model folders into one refine.onnx: an ensemble the container runs as one
-graph, so its code, its decoding and its parity check do not change.
+"""Average the first or the second stages of several model folders into one graph: an ensemble the container runs
+as one graph, so its code, its decoding and its parity check do not change.
 
-Second stages trained with the same recipe and split but another seed (`training.train --seed`, which keeps the
-first stage's split) err differently; the mean of their crop heatmaps lands closer than either, and where they
-disagree the mean map is spread out, so the landmark's `probability` falls. The cost is one more second-stage
-pass an image (README, "The shipped model": 0.25 -> 0.31 s an image on 2 CPU cores for two seeds).
+Networks trained with the same recipe and split but another seed (`training.train --seed`; a second stage keeps its
+first stage's split, a first stage keeps it with `--split-seed`) err differently; the mean of their heatmaps lands
+closer than either, and where they disagree the mean map is spread out, so the landmark's `probability` falls. The
+cost is one more pass of that stage an image (README, "The shipped model": 0.25 -> 0.31 s an image on 2 CPU cores
+for two second stages).
 
     python -m training.ensemble runs/refine-split/model runs/refine-split-s1/model --output runs/refine-split-2
+    python -m training.ensemble --stage detect runs/refine-split-2 runs/clinic-tone-s1/model --output runs/both-2
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -26,29 +30,54 @@ from algorithm.metadata import METADATA_FILE, MODEL_FILE, ModelError, ModelMetad
 from training.export import RELATIVE_TOLERANCE, ExportMismatch, refuse_overwrite
 
 
-def second_stages(folders: list[Path]) -> list[ModelMetadata]:
-    """Each folder's metadata, refused where it has no second stage or where the second stages differ in what they
-    see (crops, codec, landmarks) or in the split they held out."""
+@dataclass(frozen=True)
+class AveragedStage:
+    """Where a model folder keeps one stage: its graph, its input size, the record of its training and the settings
+    that every member must share (what it sees and what its heatmaps mean)."""
+
+    ordinal: str  # "first" or "second", for messages and the graph's name
+    present: Callable[[ModelMetadata], bool]
+    graph_file: Callable[[ModelMetadata], str]
+    input_size: Callable[[ModelMetadata], tuple[int, int]]
+    record: Callable[[ModelMetadata], Any]  # the object whose `training` describes the stage's run
+    settings: Callable[[ModelMetadata], dict[str, Any]]
+
+
+AVERAGED_STAGES = {
+    "detect": AveragedStage(
+        "first", lambda meta: True, lambda meta: MODEL_FILE,
+        lambda meta: (meta.codec.input_height, meta.codec.input_width), lambda meta: meta,
+        lambda meta: {"codec": meta.codec, "resize": meta.resize, "normalization": meta.normalization,
+                      "landmarks": meta.landmark_names}),
+    "refine": AveragedStage(
+        "second", lambda meta: meta.refinement is not None, lambda meta: meta.refinement.model_file,
+        lambda meta: (meta.refinement.crops.size,) * 2, lambda meta: meta.refinement,
+        lambda meta: {"crops": meta.refinement.crops, "codec": meta.refinement.codec,
+                      "landmarks": meta.landmark_names}),
+}
+
+
+def stage_members(folders: list[Path], stage: AveragedStage) -> list[ModelMetadata]:
+    """Each folder's metadata, refused where it lacks the stage or where its stage differs from the first folder's in
+    what it sees (input, codec, landmarks) or in the split it held out."""
     members = [ModelMetadata.load(folder) for folder in folders]
     first = members[0]
     for folder, member in zip(folders, members):
-        if member.refinement is None:
-            raise ModelError(f"{folder / METADATA_FILE}: no second stage to average")
-        if not (folder / member.refinement.model_file).is_file():
-            raise ModelError(f"{folder / member.refinement.model_file}: not found (the metadata's second stage)")
-        differs = [what for what, same in (
-            ("crops", member.refinement.crops == first.refinement.crops),
-            ("codec", member.refinement.codec == first.refinement.codec),
-            ("landmarks", member.landmark_names == first.landmark_names),
-            ("split", member.refinement.training.get("split") == first.refinement.training.get("split")))
-            if not same]
+        if not stage.present(member):
+            raise ModelError(f"{folder / METADATA_FILE}: no {stage.ordinal} stage to average")
+        if not (folder / stage.graph_file(member)).is_file():
+            raise ModelError(f"{folder / stage.graph_file(member)}: not found (the metadata's {stage.ordinal} stage)")
+        settings, first_settings = stage.settings(member), stage.settings(first)
+        differs = [what for what in settings if settings[what] != first_settings[what]]
+        if stage.record(member).training.get("split") != stage.record(first).training.get("split"):
+            differs.append("split")
         if differs:
-            raise ModelError(f"{folder}: its second stage differs from {folders[0]}'s in its {', '.join(differs)}; "
-                             "average only second stages of one recipe and split")
+            raise ModelError(f"{folder}: its {stage.ordinal} stage differs from {folders[0]}'s in its "
+                             f"{', '.join(differs)}; average only {stage.ordinal} stages of one recipe and split")
     return members
 
 
-def mean_graph(graphs: list[onnx.ModelProto]) -> onnx.ModelProto:
+def mean_graph(graphs: list[onnx.ModelProto], name: str) -> onnx.ModelProto:
     """One graph that feeds its input to every member and outputs the mean of their heatmaps."""
     first = graphs[0].graph
     image, heatmaps = first.input[0].name, first.output[0].name
@@ -63,21 +92,21 @@ def mean_graph(graphs: list[onnx.ModelProto]) -> onnx.ModelProto:
         initializers += prefixed.graph.initializer
         outputs.append(prefix + graph.graph.output[0].name)
     nodes.append(onnx.helper.make_node("Mean", outputs, [heatmaps]))
-    merged = onnx.helper.make_graph(nodes, "second_stage_mean", list(first.input), list(first.output), initializers)
+    merged = onnx.helper.make_graph(nodes, name, list(first.input), list(first.output), initializers)
     model = onnx.helper.make_model(merged, opset_imports=graphs[0].opset_import)
     model.ir_version = graphs[0].ir_version
     onnx.checker.check_model(model)
     return model
 
 
-def compare_with_members(ensemble: Path, members: list[Path], size: int) -> float:
+def compare_with_members(ensemble: Path, members: list[Path], size: tuple[int, int]) -> float:
     """The largest difference, as a share of the largest value, between the ensemble's heatmaps and the mean of its
-    members' on the same crops (z-scored noise: any input checks that the graph is their mean)."""
-    crops = np.random.default_rng(0).standard_normal((4, 1, size, size)).astype(np.float32)
+    members' on the same inputs (z-scored noise: any input checks that the graph is their mean)."""
+    inputs = np.random.default_rng(0).standard_normal((2, 1, *size)).astype(np.float32)
 
     def run(path: Path) -> np.ndarray:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: crops})[0]
+        return session.run(None, {session.get_inputs()[0].name: inputs})[0]
 
     expected = np.mean([run(path) for path in members], axis=0)
     relative = float(np.abs(run(ensemble) - expected).max() / np.abs(expected).max())
@@ -87,39 +116,48 @@ def compare_with_members(ensemble: Path, members: list[Path], size: int) -> floa
     return relative
 
 
-def ensemble(folders: list[Path], output: Path, accuracy: dict | None = None,
+def ensemble(folders: list[Path], output: Path, stage_name: str = "refine", accuracy: dict | None = None,
              trained_on: str | None = None) -> tuple[Path, float]:
-    """Write `output`: the first folder's first stage and metadata, with the mean of every folder's second stage
+    """Write `output`: the first folder's model and metadata with `stage_name`'s graph the mean of every folder's
     (and `accuracy`, the ensemble's held-out figures, and `trained_on`, where given); returns the averaged graph's
     path and how far it differs from its members' mean."""
-    members = second_stages(folders)
-    graphs = [folder / member.refinement.model_file for folder, member in zip(folders, members)]
+    stage = AVERAGED_STAGES[stage_name]
+    members = stage_members(folders, stage)
     metadata = members[0]
-    refinement = metadata.refinement
+    averaged = stage.graph_file(metadata)
+    kept = [MODEL_FILE] + ([metadata.refinement.model_file] if metadata.refinement else [])
     with tempfile.TemporaryDirectory() as scratch:
-        merged = Path(scratch) / refinement.model_file
-        onnx.save(mean_graph([onnx.load(str(path)) for path in graphs]), str(merged))
-        relative = compare_with_members(merged, graphs, refinement.crops.size)
+        merged = Path(scratch) / averaged
+        graphs = [folder / stage.graph_file(member) for folder, member in zip(folders, members)]
+        onnx.save(mean_graph([onnx.load(str(path)) for path in graphs], f"{stage.ordinal}_stage_mean"), str(merged))
+        relative = compare_with_members(merged, graphs, stage.input_size(metadata))
         output.mkdir(parents=True, exist_ok=True)
-        if (folders[0] / MODEL_FILE).resolve() != (output / MODEL_FILE).resolve():
-            shutil.copyfile(folders[0] / MODEL_FILE, output / MODEL_FILE)
-        shutil.copyfile(merged, output / refinement.model_file)
-    # the split once: `second_stages` checked that every member held out the same one
-    refinement.training = {"members": [{key: value for key, value in member.refinement.training.items()
-                                        if key != "split"} for member in members],
-                           "split": refinement.training.get("split"),
-                           "ensemble_check": {"max_relative_difference": relative}}
+        for name in kept:
+            if name != averaged and (folders[0] / name).resolve() != (output / name).resolve():
+                shutil.copyfile(folders[0] / name, output / name)
+        shutil.copyfile(merged, output / averaged)
+    # the split once (`stage_members` checked that every member held out the same one), and the first member's
+    # configuration, which names the data sets that training.evaluate and training.clinic_exports score on
+    record = stage.record(metadata)
+    record.training = {"config": record.training.get("config", {}),
+                       "members": [{key: value for key, value in stage.record(member).training.items()
+                                    if key != "split"} for member in members],
+                       "split": record.training.get("split"),
+                       "ensemble_check": {"max_relative_difference": relative}}
     metadata.accuracy = accuracy or metadata.accuracy
     metadata.trained_on = trained_on or metadata.trained_on
     metadata.save(output)
-    return output / refinement.model_file, relative
+    return output / averaged, relative
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
-                        help="model folders with a second stage of one recipe and split; the first gives the first "
+                        help="model folders whose --stage is of one recipe and split; the first gives the other "
                         "stage and the metadata")
+    parser.add_argument("--stage", choices=tuple(AVERAGED_STAGES), default="refine",
+                        help="the stage to average: refine, the second stage (refine.onnx), or detect, the first "
+                        "(model.onnx) (default: refine)")
     parser.add_argument("--output", type=Path, required=True, help="model folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--accuracy", type=Path, help="a metrics JSON from training.evaluate of this ensemble (or of "
@@ -133,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-        graph, relative = ensemble(args.models, args.output, accuracy, args.trained_on)
+        graph, relative = ensemble(args.models, args.output, args.stage, accuracy, args.trained_on)
     except (ModelError, ExportMismatch, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {graph}, the mean of {len(args.models)} second stages ({graph.stat().st_size / 1e6:.1f} MB), and "
+    ordinal = AVERAGED_STAGES[args.stage].ordinal
+    print(f"wrote {graph}, the mean of {len(args.models)} {ordinal} stages ({graph.stat().st_size / 1e6:.1f} MB), and "
           f"metadata.json; it differs from the mean of its members by at most {100 * relative:.4f} % of the "
           "largest value\n"
           f"next: python -m training.evaluate --model {args.output}")
