@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from conftest import TINY_CONFIG, TINY_REFINE, assert_valid_output, run_module
 
 from algorithm.codec import HeatmapCodec
@@ -20,6 +22,7 @@ from algorithm.inference import Detection, LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.output import multiple_points
 from training.data import source_name
+from training.ensemble import weights_at_half_precision
 from training.metrics import auroc, confidence_report
 
 
@@ -458,6 +461,15 @@ def test_an_ensemble_of_first_stages_is_their_mean_and_keeps_the_second_stage(tw
     scored = run_module("training.evaluate", "--model", output, "--split", "test", "--output", tmp_path / "scored")
     assert scored.returncode == 0, scored.stderr
     assert json.loads((tmp_path / "scored" / "metrics.json").read_text())["stages"] == "first stage and refinement"
+    halved = tmp_path / "halved"
+    result = run_module("training.ensemble", "--stage", "detect", two_stage_model, seed_1, "--output", halved,
+                        "--half-weights")
+    assert result.returncode == 0, result.stderr
+    assert (halved / "model.onnx").stat().st_size < 0.65 * (output / "model.onnx").stat().st_size  # tiny: more biases
+    assert ModelMetadata.load(halved).training["ensemble_check"]["half_precision_weights"] is True
+    full, half = (np.stack([d.points for d in LandmarkDetector(model, device="cpu").predict(
+        synthetic_dataset.images[:2])]) for model in (output, halved))
+    assert np.abs(full - half).max() < 0.5  # original pixels
 
 
 @pytest.mark.slow
@@ -469,3 +481,42 @@ def test_an_ensemble_of_first_stages_that_held_out_other_images_is_refused(two_s
     assert result.stderr.strip() == (f"error: {other}: its first stage differs from {two_stage_model}'s in its "
                                      "split; average only first stages of one recipe and split")
     assert not (tmp_path / "e").exists()
+
+
+def one_convolution(weight: np.ndarray) -> onnx.ModelProto:
+    """A graph of one 2D convolution with `weight` (out, in, k, k) and a small bias."""
+    bias = np.linspace(-0.1, 0.1, weight.shape[0]).astype(np.float32)
+    node = helper.make_node("Conv", ["image", "weight", "bias"], ["heatmaps"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "one_convolution",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", weight.shape[1], 16, 16])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["batch", weight.shape[0], 16, 16])],
+        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def run_graph(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": inputs})[0]
+
+
+def test_weights_at_half_precision_halve_the_file_and_compute_as_before():
+    weight = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
+    inputs = np.random.default_rng(1).standard_normal((2, 16, 16, 16)).astype(np.float32)
+    full = one_convolution(weight)
+    half = weights_at_half_precision(one_convolution(weight))
+    stored = {tensor.name: tensor.data_type for tensor in half.graph.initializer}
+    assert stored == {"weight/half": TensorProto.FLOAT16, "bias": TensorProto.FLOAT}  # the bias is too small to halve
+    assert len(half.SerializeToString()) < 0.55 * len(full.SerializeToString())
+    expected = run_graph(full, inputs)
+    assert run_graph(half, inputs).dtype == np.float32
+    # the same as float32 arithmetic on the rounded weights: only the storage changed
+    np.testing.assert_allclose(run_graph(half, inputs), run_graph(one_convolution(
+        weight.astype(np.float16).astype(np.float32)), inputs), rtol=1e-6, atol=1e-5)
+    assert np.abs(run_graph(half, inputs) - expected).max() < 1e-2 * np.abs(expected).max()
+
+
+def test_weights_beyond_half_precision_are_refused():
+    weight = np.full((32, 16, 3, 3), 1e5, dtype=np.float32)
+    with pytest.raises(ValueError, match="weight 'weight' exceeds half precision's range"):
+        weights_at_half_precision(one_convolution(weight))
