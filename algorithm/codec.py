@@ -18,6 +18,22 @@ DECODERS = ("argmax", "centroid")
 ACTIVATIONS = ("spatial_softmax",)
 
 
+def _sliding_max(values: np.ndarray, window: int, axis: int) -> np.ndarray:
+    """The maximum of every run of `window` consecutive values along `axis` (which shrinks by window - 1), in about
+    log2(window) passes: runs of 2, 4, 8 ... values from pairs of shorter ones, then one pass joining two
+    overlapping runs for the rest (4 passes for a window of 9, against 9)."""
+    def part(start: int, stop: int) -> np.ndarray:
+        return values[(slice(None),) * axis + (slice(start, stop),)]
+
+    span = 1
+    while span < window:
+        step = min(span, window - span)  # doubles the run, or overlaps it to end at exactly `window`
+        length = values.shape[axis] - step
+        values = np.maximum(part(0, length), part(step, step + length))
+        span += step
+    return values
+
+
 @dataclass(frozen=True)
 class HeatmapCodec:
     """Encode (x, y) model-input coordinates as heatmaps and decode them back."""
@@ -114,12 +130,8 @@ class HeatmapCodec:
         num_maps, height, width = heatmaps.shape
         reach = max(1, int(round(2 * self.sigma)))
         padded = np.pad(heatmaps, ((0, 0), (reach, reach), (reach, reach)), constant_values=-np.inf)
-        rows = padded[:, :, reach:reach + width].copy()  # the maximum over each pixel's row window, then column
-        for shift in range(2 * reach + 1):
-            np.maximum(rows, padded[:, :, shift:shift + width], out=rows)
-        local_max = rows[:, reach:reach + height].copy()
-        for shift in range(2 * reach + 1):
-            np.maximum(local_max, rows[:, shift:shift + height], out=local_max)
+        # the maximum over each pixel's row window, then its column window
+        local_max = _sliding_max(_sliding_max(padded, 2 * reach + 1, axis=2), 2 * reach + 1, axis=1)
         values = np.where(heatmaps >= local_max, heatmaps, -np.inf).reshape(num_maps, -1)
         count = min(count, values.shape[1])
         best = np.argpartition(-values, count - 1, axis=1)[:, :count]

@@ -54,18 +54,12 @@ def crop_scale(content_height: int, fraction: float, size: int) -> float:
     return fraction * content_height / size
 
 
-def _bilinear(gray: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """`gray` sampled at (x, y), with positions outside clamped to the edge pixels."""
-    height, width = gray.shape
-    x = np.clip(x, 0, width - 1)
-    y = np.clip(y, 0, height - 1)
-    x0 = np.minimum(np.floor(x).astype(np.int64), width - 2) if width > 1 else np.zeros(x.shape, np.int64)
-    y0 = np.minimum(np.floor(y).astype(np.int64), height - 2) if height > 1 else np.zeros(y.shape, np.int64)
-    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    wx, wy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
-    top = gray[y0, x0] * (1 - wx) + gray[y0, x1] * wx
-    bottom = gray[y1, x0] * (1 - wx) + gray[y1, x1] * wx
-    return top * (1 - wy) + bottom * wy
+def _axis_samples(positions: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis of `length` pixels: each position's two neighbouring pixels and the weight of the second, the
+    positions clamped into the image first (outside it, the edge pixel repeats)."""
+    positions = np.clip(positions, 0, length - 1)
+    low = np.minimum(np.floor(positions).astype(np.int64), max(length - 2, 0))
+    return low, np.minimum(low + 1, length - 1), (positions - low).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -100,11 +94,22 @@ def extract_crops(content: np.ndarray, centres_xy: np.ndarray, fraction: float, 
                             crop_scale(frame_height or content.shape[0], fraction, size), size)
     samples = max(1, math.ceil(geometry.scale - 1e-9))
     sub = ((np.arange(samples) + 0.5) / samples - 0.5) * geometry.scale  # offsets within one crop pixel
-    grid = (np.arange(size) - (size - 1) / 2) * geometry.scale
-    xs = geometry.centres[:, 0, None] + (grid[:, None] + sub[None, :]).ravel()[None, :]  # (K, size * samples)
-    ys = geometry.centres[:, 1, None] + (grid[:, None] + sub[None, :]).ravel()[None, :]
-    values = _bilinear(content, xs[:, None, :], ys[:, :, None])
-    crops = values.reshape(len(xs), size, samples, size, samples).mean(axis=(2, 4), dtype=np.float32)
+    offsets = ((np.arange(size) - (size - 1) / 2)[:, None] * geometry.scale + sub[None, :]).ravel()
+    # bilinear sampling is separable: rows first (each crop row the mean of its samples' rows), then columns, over
+    # the part of the image the crop reads; a constant part gives an exactly constant crop, as its level is taken
+    # out first and put back after
+    height, width = content.shape
+    crops = np.empty((len(geometry.centres), size, size), dtype=np.float32)
+    for crop, (x, y) in zip(crops, geometry.centres):
+        top, bottom, down = _axis_samples(y + offsets, height)
+        left, right, across = _axis_samples(x + offsets, width)
+        first, last = int(left.min()), int(right.max()) + 1
+        part = content[:, first:last]
+        level = np.float32(part[top[0], 0])
+        rows = (part[top] - level) * (1 - down)[:, None] + (part[bottom] - level) * down[:, None]
+        rows = rows.reshape(size, samples, -1).mean(axis=1)
+        pixels = rows[:, left - first] * (1 - across) + rows[:, right - first] * across
+        crop[:] = pixels.reshape(size, size, samples).mean(axis=2) + level
     return np.stack([normalize(crop, normalization) for crop in crops]), geometry
 
 

@@ -22,7 +22,7 @@ from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
 from algorithm.errors import describe
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import ResizeGeometry, prepare, prepare_region, strip_padding
+from algorithm.preprocessing import ResizeGeometry, is_constant, prepare, prepare_region, strip_padding
 from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
 logger = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ class LandmarkDetector:
         confidence = np.where(clamped, np.minimum(detection.confidence, CLAMPED_PROBABILITY), detection.confidence)
         notes = detection.notes
         content = content_of(image, geometry)
-        constant = content.min() == content.max()
+        constant = is_constant(content)
         if constant or min(geometry.content_height, geometry.content_width) < MIN_CONTENT_SIDE:
             what = "a constant image" if constant else (
                 f"{geometry.content_width} x {geometry.content_height} pixels, under {MIN_CONTENT_SIDE} on a side")

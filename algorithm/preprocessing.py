@@ -17,6 +17,8 @@ import numpy as np
 # height x width, 3 x uint8 (R = G = B).
 CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
 CHALLENGE_LANDMARKS = 38  # the landmarks the challenge scores (a model may find fewer: the shipped one 19)
+EXTENT_BLOCK = 256  # rows or columns read at once while looking for the padding's edge
+CONSTANT_SAMPLE_STEP = 16  # every so many rows and columns: the sample that shows an image is not constant
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,19 @@ def _holds_nonzero(gray: np.ndarray, axis: int) -> np.ndarray:
     return nonzero | (gray.min(axis=axis) != 0)
 
 
+def _last_line_with_content(gray: np.ndarray, axis: int) -> int:
+    """The index of the last row (axis 0) or column (axis 1) of `gray` with a value that is not exactly 0, -1 if
+    none. Lines are read from the end, EXTENT_BLOCK at a time, so only the padding and one block are read, not
+    the whole image twice (14 ms of a challenge image's 31 ms of preprocessing)."""
+    for stop in range(gray.shape[axis], 0, -EXTENT_BLOCK):
+        start = max(0, stop - EXTENT_BLOCK)
+        block = gray[start:stop] if axis == 0 else gray[:, start:stop]
+        lines = np.flatnonzero(_holds_nonzero(block, axis=1 - axis))
+        if lines.size:
+            return start + int(lines[-1])
+    return -1
+
+
 def content_extent(image: np.ndarray) -> tuple[int, int]:
     """Height and width of the image without its zero padding at the right and bottom.
 
@@ -77,27 +92,43 @@ def content_extent(image: np.ndarray) -> tuple[int, int]:
     An all-zero image has no content; its full size is returned so that it is still processed.
     """
     gray = to_grayscale(image)
-    nonzero_rows = np.flatnonzero(_holds_nonzero(gray, axis=1))
-    if nonzero_rows.size == 0:
+    last_row = _last_line_with_content(gray, axis=0)
+    if last_row < 0:
         return gray.shape[0], gray.shape[1]
-    height = int(nonzero_rows[-1]) + 1
-    nonzero_cols = np.flatnonzero(_holds_nonzero(gray[:height], axis=0))
-    return height, int(nonzero_cols[-1]) + 1
+    return last_row + 1, _last_line_with_content(gray[:last_row + 1], axis=1) + 1
+
+
+def is_constant(image: np.ndarray) -> bool:
+    """Whether every pixel has the same value; a sparse sample first, as nearly every image differs within it."""
+    sample = image[::CONSTANT_SAMPLE_STEP, ::CONSTANT_SAMPLE_STEP]
+    return bool(sample.min() == sample.max() and image.min() == image.max())
+
+
+def _block_sum_type(pixels: np.dtype, factor: int) -> np.dtype:
+    """The narrowest type that holds a factor x factor block's sum exactly: integer sums of 8- and 16-bit pixels
+    run faster than float64 ones (6 against 10 ms for a challenge image), and other pixels are summed in float64."""
+    if pixels.kind in "ui" and pixels.itemsize <= 4:
+        largest = factor**2 * max(int(np.iinfo(pixels).max), -int(np.iinfo(pixels).min))
+        for accumulator in (np.uint16, np.uint32, np.int64) if pixels.kind == "u" else (np.int32, np.int64):
+            if largest <= np.iinfo(accumulator).max:
+                return np.dtype(accumulator)
+    return np.dtype(np.float64)
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Average non-overlapping factor x factor blocks (anti-aliasing before interpolation).
 
-    The block's rows, then its columns, are added as whole strided planes into a float64 sum: each pass reads
-    the image in order, about three times faster than a mean over a 4D view of it, and exact for integer
-    pixels (what that float32 mean gave them, to the last bit)."""
+    The block's rows, then its columns, are added as whole strided planes into an exact sum (`_block_sum_type`):
+    each pass reads the image in order, about three times faster than a mean over a 4D view of it, and exact for
+    integer pixels (what that float32 mean gave them, to the last bit)."""
     if factor == 1:
         return image.astype(np.float32)
     height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    rows = np.zeros((height // factor, width), dtype=np.float64)
+    accumulator = _block_sum_type(image.dtype, factor)
+    rows = np.zeros((height // factor, width), dtype=accumulator)
     for offset in range(factor):
         rows += image[offset:height:factor, :width]
-    blocks = np.zeros((height // factor, width // factor), dtype=np.float64)
+    blocks = np.zeros((height // factor, width // factor), dtype=accumulator)
     for offset in range(factor):
         blocks += rows[:, offset::factor]
     return (blocks / factor**2).astype(np.float32)

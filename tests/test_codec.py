@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from algorithm.codec import HeatmapCodec
+from algorithm.codec import HeatmapCodec, _sliding_max
 
 HEIGHT, WIDTH, STRIDE, SIGMA = 128, 96, 2, 1.5
 
@@ -131,3 +131,14 @@ def test_invalid_codec_settings_are_refused():
         HeatmapCodec(HEIGHT, WIDTH, STRIDE, SIGMA, "softargmax")
     with pytest.raises(ValueError, match="multiple"):
         HeatmapCodec(130, WIDTH, 4, SIGMA)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 8, 9, 13])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_the_sliding_maximum_is_the_maximum_of_every_window(window, axis):
+    """The candidates' local-maximum filter, built from runs of doubling length, against every window taken
+    whole."""
+    values = np.random.default_rng(window).standard_normal((4, 21, 17)).astype(np.float32)
+    count = values.shape[axis] - window + 1
+    every_window = np.stack([np.take(values, np.arange(start, start + count), axis=axis) for start in range(window)])
+    np.testing.assert_array_equal(_sliding_max(values, window, axis), every_window.max(axis=0))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from algorithm.preprocessing import (ResizeGeometry, content_extent, normalize, prepare, prepare_region, resize,
-                                    to_grayscale)
+from algorithm.preprocessing import (EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant, normalize, prepare,
+                                    prepare_region, resize, to_grayscale)
 
 INPUT_HEIGHT, INPUT_WIDTH = 128, 96
 
@@ -44,6 +44,33 @@ def test_content_extent_keeps_content_with_zero_pixels_inside_it():
 def test_content_extent_of_an_all_zero_image_is_its_full_size():
     assert content_extent(np.zeros((33, 21), dtype=np.uint8)) == (33, 21)
     assert content_extent(np.zeros((33, 21, 3), dtype=np.uint16)) == (33, 21)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_content_extent_read_from_the_end_agrees_with_a_scan_of_every_pixel(dtype):
+    """Images several EXTENT_BLOCKs across, with a few stray non-zero pixels (negative ones where the type has
+    them) anywhere in the content and other channels that must not count: the extent is that of the last row and
+    column of the first channel with any non-zero value."""
+    rng = np.random.default_rng(1)
+    side = 3 * EXTENT_BLOCK + 5
+    for _ in range(40):
+        image = np.zeros((side, side + 17, 3), dtype=dtype)
+        image[..., 1:] = rng.integers(0, 2, (side, side + 17, 2))
+        height, width = rng.integers(1, side + 1), rng.integers(1, side + 18)
+        for _ in range(rng.integers(1, 4)):
+            image[rng.integers(0, height), rng.integers(0, width), 0] = -1 if dtype != np.uint8 else 1
+        image[height - 1, rng.integers(0, width), 0] = 2
+        image[rng.integers(0, height), width - 1, 0] = 3
+        gray = image[..., 0]
+        expected = (np.flatnonzero((gray != 0).any(axis=1))[-1] + 1, np.flatnonzero((gray != 0).any(axis=0))[-1] + 1)
+        assert content_extent(image) == (height, width) == expected
+
+
+def test_an_image_is_constant_only_when_every_pixel_is_the_same():
+    image = np.full((2 * EXTENT_BLOCK + 3, 97), 42, dtype=np.uint16)
+    assert is_constant(image)
+    image[17, 33] = 43  # off every sampled row and column
+    assert not is_constant(image)
 
 
 def test_to_grayscale_takes_the_first_channel_and_rejects_other_shapes():
@@ -93,15 +120,19 @@ def test_resize_keeps_a_constant_image_constant():
     np.testing.assert_allclose(resize(np.full((517, 333), 42, np.uint8), INPUT_HEIGHT, INPUT_WIDTH), 42, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
-def test_shrinking_averages_whole_pixel_blocks_exactly(dtype):
-    """A 4x shrink samples each output pixel at the centre of a 4 x 4 block, so it is that block's mean: the
-    same to the last bit for integer pixels of any type, also from a strided channel of an RGB image."""
+@pytest.mark.parametrize("factor", [4, 17])  # 17 x 17 blocks of 8-bit pixels overflow a 16-bit sum
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.float32])
+def test_shrinking_averages_whole_pixel_blocks_exactly(dtype, factor):
+    """An integer shrink samples each output pixel at the centre of a factor x factor block, so it is that block's
+    mean: the same to the last bit for integer pixels of any type, also from a strided channel of an RGB image,
+    and for blocks of the largest value the type holds."""
     low, high = (-300, 4000) if dtype == np.int16 else (0, 256 if dtype == np.uint8 else 60000)
-    values = np.random.default_rng(0).integers(low, high, (4 * INPUT_HEIGHT, 4 * INPUT_WIDTH)).astype(dtype)
-    expected = values.astype(np.float64).reshape(INPUT_HEIGHT, 4, INPUT_WIDTH, 4).mean(axis=(1, 3))
+    out_height, out_width = INPUT_HEIGHT // 4, INPUT_WIDTH // 4
+    values = np.random.default_rng(0).integers(low, high, (factor * out_height, factor * out_width)).astype(dtype)
+    values[:factor, :factor] = np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else high
+    expected = values.astype(np.float64).reshape(out_height, factor, out_width, factor).mean(axis=(1, 3))
     rgb = np.repeat(values[..., None], 3, axis=2)
-    resized = resize(to_grayscale(rgb), INPUT_HEIGHT, INPUT_WIDTH)
+    resized = resize(to_grayscale(rgb), out_height, out_width)
     np.testing.assert_array_equal(resized, expected.astype(np.float32))
 
 

@@ -80,6 +80,32 @@ def test_crops_near_the_border_repeat_the_edge_pixels():
     np.testing.assert_allclose(crops[2], np.repeat(rows[:, None], size, axis=1), atol=1e-5)
 
 
+@pytest.mark.parametrize("fraction", [0.05, 0.23, 0.6])  # about 0.6, 2.7 and 7.1 original pixels a crop pixel
+def test_each_crop_pixel_is_the_mean_of_its_bilinear_samples(fraction):
+    """Against bilinear sampling written out one sample at a time: each crop pixel is the mean of ceil(scale)^2
+    samples spread evenly over its footprint, each clamped into the image, then the crop is z-scored; a crop wholly
+    past a corner sees one edge pixel and is exactly constant (all zeros once z-scored)."""
+    rng = np.random.default_rng(4)
+    height, width, size = 97, 131, 11
+    image = rng.integers(0, 4096, (height, width)).astype(np.uint16)
+    centres = np.array([[65.3, 48.9], [2.2, 90.6], [128.7, 1.4], [-300.0, -300.0]])
+    crops, geometry = CropSpec(fraction, size).extract(image, centres)
+    samples = int(np.ceil(geometry.scale))
+    offsets = ((np.arange(samples) + 0.5) / samples - 0.5) * geometry.scale
+    for crop, centre in zip(crops[:-1], centres[:-1]):
+        raw = np.zeros((size, size))
+        for row, col in np.ndindex(size, size):
+            for dy, dx in np.ndindex(samples, samples):
+                x, y = centre + (np.array([col, row]) - (size - 1) / 2) * geometry.scale + [offsets[dx], offsets[dy]]
+                x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+                x0, y0 = min(int(x), width - 2), min(int(y), height - 2)
+                top = image[y0, x0] * (x0 + 1 - x) + image[y0, x0 + 1] * (x - x0)
+                bottom = image[y0 + 1, x0] * (x0 + 1 - x) + image[y0 + 1, x0 + 1] * (x - x0)
+                raw[row, col] += (top * (y0 + 1 - y) + bottom * (y - y0)) / samples**2
+        np.testing.assert_allclose(crop, (raw - raw.mean()) / raw.std(), atol=1e-4)
+    assert np.all(crops[-1] == 0)
+
+
 def test_refinement_finds_the_landmark_in_each_crop_through_its_own_channel():
     """A fake second stage that puts landmark k's Gaussian in channel k of every crop: the refined landmarks
     are the true ones, whatever the first stage's offsets, so the crop map and the channel choice are right."""
