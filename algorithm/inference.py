@@ -160,6 +160,11 @@ class LandmarkDetector:
             raise ValueError("threads must be 0 (ONNX Runtime's choice) or more")
         self.metadata = ModelMetadata.load(model_dir)
         meta = self.metadata
+        if meta.quantized:
+            if device == "cuda":
+                raise DeviceError(f"--device cuda: {model_dir}'s graphs are quantized to integers for the CPU "
+                                  "(training.quantize), where they were scored; use --device cpu or auto")
+            device = "cpu"  # the GPU would emulate the integer arithmetic in float, unlike the CPU it was scored on
         self.codec = meta.codec if decoder is None else replace(meta.codec, decoder=decoder)
         self.session = create_session(model_path, device, threads)
         check_graph(self.session, self.codec, meta.num_landmarks, model_path)

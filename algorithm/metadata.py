@@ -62,6 +62,7 @@ class ModelMetadata:
     `codec` describes the first stage's heatmaps whole (input size, stride, sigma, decoder, centroid
     radius, output activation); the container and training build the same `HeatmapCodec` from it.
     `shape`, when present, is the statistical shape model that keeps each image's landmarks plausible.
+    `quantized` graphs (integer arithmetic, `training.quantize`) run on the CPU, where they were scored.
     """
 
     landmark_names: list[str]  # anatomical names; the output names landmark k as "k"
@@ -70,6 +71,7 @@ class ModelMetadata:
     normalization: str = "zscore"
     refinement: RefinementStage | None = None
     shape: ShapeModel | None = None
+    quantized: bool = False
     trained_on: str = "untrained"
     accuracy: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +86,8 @@ class ModelMetadata:
             raise ValueError(f"resize {self.resize!r} is not one of {RESIZE_METHODS}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
+        if not isinstance(self.quantized, bool):
+            raise ValueError(f"quantized {self.quantized!r} is not true or false")
         if self.refinement is not None:
             self.refinement = _from_dict(RefinementStage, self.refinement, "refinement")
         if self.shape is not None:

@@ -161,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"folder with model.onnx and metadata.json (default: the model at {MOUNTED_MODEL_DIR}, "
                         f"where grand-challenge puts an uploaded one, else the built-in {DEFAULT_MODEL_DIR})")
     parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="auto: CUDA when usable, else CPU; cuda: fail if no GPU is usable (default: auto)")
+                        help="auto: CUDA when usable, else CPU; cuda: fail if no GPU is usable; a model quantized "
+                        "to integers (training.quantize) runs on the CPU (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime, 0 = its default")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: 1)")
     parser.add_argument("--decoder", choices=DECODERS, default=None,

@@ -18,11 +18,13 @@ from conftest import TINY_CONFIG, TINY_REFINE, assert_valid_output, run_module
 
 from algorithm.codec import HeatmapCodec
 from algorithm.crops import MAX_CROP_OFFSET, CropSpec, refine_landmarks
+from algorithm.devices import DeviceError
 from algorithm.inference import Detection, LandmarkDetector
 from algorithm.metadata import ModelMetadata
 from algorithm.output import multiple_points
 from training.data import source_name
 from training.ensemble import weights_at_half_precision
+from training.quantize import head_convolutions
 from training.metrics import auroc, confidence_report
 
 
@@ -546,3 +548,54 @@ def test_weights_beyond_half_precision_are_refused():
     weight = np.full((32, 16, 3, 3), 1e5, dtype=np.float32)
     with pytest.raises(ValueError, match="weight 'weight' exceeds half precision's range"):
         weights_at_half_precision(one_convolution(weight))
+
+
+def test_the_head_convolutions_are_those_no_convolution_follows():
+    """Two branches (an ensemble's members), each two convolutions then a softmax, joined by a mean: the second
+    convolution of each is a head and stays float32 in training.quantize; the first of each is not."""
+    weight = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "weight")
+    nodes = []
+    for branch in ("a", "b"):
+        nodes += [helper.make_node("Conv", ["image", "weight"], [f"{branch}1"], name=f"{branch}/body", pads=[1] * 4),
+                  helper.make_node("Relu", [f"{branch}1"], [f"{branch}2"], name=f"{branch}/relu"),
+                  helper.make_node("Conv", [f"{branch}2", "weight"], [f"{branch}3"], name=f"{branch}/head",
+                                   pads=[1] * 4),
+                  helper.make_node("Softmax", [f"{branch}3"], [f"{branch}4"], name=f"{branch}/softmax")]
+    nodes.append(helper.make_node("Mean", ["a4", "b4"], ["heatmaps"], name="mean"))
+    graph = helper.make_graph(nodes, "two_branches",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, [1, 1, 8, 8])], [weight])
+    assert head_convolutions(graph) == ["a/head", "b/head"]
+
+
+@pytest.mark.slow
+def test_a_quantized_two_stage_model_keeps_its_heads_in_float_and_runs_in_the_container(two_stage_model,
+                                                                                       synthetic_dataset, tmp_path):
+    output = tmp_path / "int8"
+    result = run_module("training.quantize", "--model", two_stage_model, "--output", output,
+                        "--calibration-images", 4)
+    assert result.returncode == 0, result.stderr
+    assert "model.onnx, refine.onnx quantized (weights int8 per output channel in 7 bits" in result.stdout
+    for name in ("model.onnx", "refine.onnx"):
+        graph = onnx.load(str(output / name)).graph
+        dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+        convolutions = [node for node in graph.node if node.op_type == "Conv"]
+        heads = head_convolutions(graph)
+        assert heads and all(node.input[1] not in dequantized for node in convolutions if node.name in heads)
+        assert all(node.input[1] in dequantized for node in convolutions if node.name not in heads)
+        assert (output / name).stat().st_size < 0.6 * (two_stage_model / name).stat().st_size  # int8 + its scales
+    metadata = ModelMetadata.load(output)
+    record = metadata.training["quantization"]
+    assert 1 <= record["calibration_images"] <= 4 and "7 bits" in record["weights"]
+    assert metadata.trained_on.startswith(ModelMetadata.load(two_stage_model).trained_on)
+    assert "Quantized by training.quantize" in metadata.trained_on
+    assert np.isfinite(record["calibration_landmark_shift_px"]["max"])
+    images = synthetic_dataset.images
+    for image, detection in zip(images, LandmarkDetector(output, device="cpu").predict(images)):
+        assert detection.points.shape == (len(synthetic_dataset.names), 2)
+        assert np.all((detection.points >= 0) & (detection.points <= np.array(image.shape[1::-1]) - 1))
+    assert metadata.quantized and LandmarkDetector(output).providers == ["CPUExecutionProvider"]
+    with pytest.raises(DeviceError, match="quantized to integers for the CPU"):
+        LandmarkDetector(output, device="cuda")
+    again = run_module("training.quantize", "--model", two_stage_model, "--output", output)
+    assert again.returncode == 1 and "already holds a model" in again.stderr
