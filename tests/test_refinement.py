@@ -599,3 +599,11 @@ def test_a_quantized_two_stage_model_keeps_its_heads_in_float_and_runs_in_the_co
         LandmarkDetector(output, device="cuda")
     again = run_module("training.quantize", "--model", two_stage_model, "--output", output)
     assert again.returncode == 1 and "already holds a model" in again.stderr
+    twice = run_module("training.quantize", "--model", output, "--output", tmp_path / "twice")
+    assert twice.returncode == 1
+    assert twice.stderr.strip() == (f"error: {output}: already quantized (its metadata says so); quantize the "
+                                    "float32 model it came from")
+    averaged = run_module("training.ensemble", two_stage_model, output, "--output", tmp_path / "mean")
+    assert averaged.returncode == 1
+    assert averaged.stderr.strip() == (f"error: {output}: quantized to integers (training.quantize); average the "
+                                       "float32 models, then quantize the average")

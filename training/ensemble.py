@@ -73,6 +73,9 @@ def stage_members(folders: list[Path], stage: AveragedStage) -> list[ModelMetada
     for folder, member in zip(folders, members):
         if not stage.present(member):
             raise ModelError(f"{folder / METADATA_FILE}: no {stage.ordinal} stage to average")
+        if member.quantized:
+            raise ModelError(f"{folder}: quantized to integers (training.quantize); average the float32 models, "
+                             "then quantize the average")
         if not (folder / stage.graph_file(member)).is_file():
             raise ModelError(f"{folder / stage.graph_file(member)}: not found (the metadata's {stage.ordinal} stage)")
         settings, first_settings = stage.settings(member), stage.settings(first)

@@ -108,6 +108,8 @@ def quantize(model: Path, output: Path, count: int = CALIBRATION_IMAGES, full_ra
     """Write `output`: `model` with every graph quantized, its metadata recording how (in `training.quantization`
     and at the end of `trained_on`) and `accuracy` where given; returns that record."""
     metadata = ModelMetadata.load(model)
+    if metadata.quantized:
+        raise ModelError(f"{model}: already quantized (its metadata says so); quantize the float32 model it came from")
     first_stage = LandmarkDetector(model, "cpu", refine=False)
     images = list(calibration_images(model, metadata, count))
     inputs = [first_stage.prepare(image) for image in images]
