@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from algorithm.preprocessing import (EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant, normalize, prepare,
-                                    prepare_region, resize, to_grayscale)
+from algorithm.preprocessing import (CONSTANT_SAMPLE_STEP, EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant,
+                                    normalize, prepare, prepare_region, resize, to_grayscale)
 
 INPUT_HEIGHT, INPUT_WIDTH = 128, 96
 
@@ -67,9 +67,9 @@ def test_content_extent_read_from_the_end_agrees_with_a_scan_of_every_pixel(dtyp
 
 
 def test_an_image_is_constant_only_when_every_pixel_is_the_same():
-    image = np.full((2 * EXTENT_BLOCK + 3, 97), 42, dtype=np.uint16)
+    image = np.full((40 * CONSTANT_SAMPLE_STEP + 3, 97), 42, dtype=np.uint16)
     assert is_constant(image)
-    image[17, 33] = 43  # off every sampled row and column
+    image[CONSTANT_SAMPLE_STEP + 1, 2 * CONSTANT_SAMPLE_STEP + 1] = 43  # off every sampled row and column
     assert not is_constant(image)
 
 
