@@ -156,18 +156,30 @@ def resize(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
 
 # How `resize` shrinks: the mean of whole-pixel blocks, then bilinear interpolation (recorded in the metadata).
 RESIZE_METHODS = ("block_mean_bilinear",)
-NORMALIZATIONS = ("zscore",)
+NORMALIZATIONS = ("zscore", "rank")
+# 'rank' spreads the grey levels' ranks over this width about 0: a uniform distribution of unit variance, as 'zscore'
+# gives.
+RANK_SCALE = 12 ** 0.5
 
 
 def normalize(image: np.ndarray, method: str, reference: np.ndarray | None = None) -> np.ndarray:
-    """Scale intensities as the model was trained: 'zscore' makes 8- and 16-bit data alike. The mean and
-    standard deviation are `reference`'s (default: the image's own).
+    """Scale intensities as the model was trained.
 
-    They are taken in float64: squared float32 deviations overflow for pixel values beyond about 1e19,
-    which the reader accepts (up to its MAX_ABS_PIXEL_VALUE).
+    'zscore' subtracts `reference`'s mean and divides by its standard deviation (default: the image's own), so 8- and
+    16-bit data are alike; they are taken in float64, as squared float32 deviations overflow beyond about 1e19, which
+    the reader accepts (up to its MAX_ABS_PIXEL_VALUE). 'rank' puts each pixel at its grey level's mid-rank among the
+    image's own pixels (`reference` is not used), scaled to unit variance: a histogram equalisation that any
+    increasing grey-level mapping (another scanner's tone curve, a viewer's window or gamma) leaves unchanged.
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r} in the model metadata")
+    if method == "rank":
+        flat = image.ravel()
+        order = np.argsort(flat)
+        levels = flat[order]
+        mid_rank = np.empty(flat.size)
+        mid_rank[order] = np.searchsorted(levels, levels, "left") + np.searchsorted(levels, levels, "right")
+        return ((mid_rank / (2 * flat.size) - 0.5) * RANK_SCALE).astype(np.float32).reshape(image.shape)
     reference = image if reference is None else reference
     std = float(reference.std(dtype=np.float64))
     return ((image - float(reference.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
@@ -194,9 +206,10 @@ def prepare_region(content: np.ndarray, left: int, top: int, width: int, height:
     """One region of a 2D image resized and normalised as `prepare` does; returns the model input and its geometry.
 
     Where the region reaches past the image it holds the mean grey of the image's part inside it, and that part
-    alone sets the normalisation, so the fill is 0 in the model's input: what training's zoom-out pads with (the
-    augmentation warps z-scored images with zero padding). Black there made tight crops worse on the validation
-    splits (1.33 -> 1.41 mm, the mean grey 1.15)."""
+    alone sets the 'zscore' normalisation, so the fill is 0 in the model's input: what training's zoom-out pads with
+    (the augmentation warps z-scored images with zero padding). Black there made tight crops worse on the validation
+    splits (1.33 -> 1.41 mm, the mean grey 1.15). 'rank' ranks the fill with the rest, as training ranks a zoomed-out
+    image with its padding."""
     rows = slice(max(0, top), min(content.shape[0], top + height))
     cols = slice(max(0, left), min(content.shape[1], left + width))
     overlaps = rows.start < rows.stop and cols.start < cols.stop

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.clinic_exports import (EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, score_framings,
-                                     stray_ear_rod)
+from training.clinic_exports import (EAR_ROD_OFFSET_MM, EAR_ROD_RADIUS_MM, PORION, TRANSFORMS, images_to_score,
+                                     score_framings, stray_ear_rod)
+from training.config import TrainConfig
 from training.data import LandmarkData
+from training.split import new_split
 from training.metrics import gross_errors
 
 SPACING_MM = 0.1
@@ -96,3 +98,18 @@ def test_score_framings_gives_each_framings_figures_per_landmark_and_its_gross_e
         assert row["per_landmark"][0]["MRE"] == 0.0
         assert row["gross_errors"] == [{"image": "centre ceph.png", "landmark": "2 L2",
                                         "error_mm": pytest.approx(15.0)}]
+
+
+def test_a_centre_the_model_never_saw_is_reframed_whole_and_its_own_centre_on_the_chosen_part(tmp_path):
+    """`--data` with an unseen centre scores every image of it (nothing of it was trained on); the model's own centre
+    keeps to its recorded split, so training images never count as held out."""
+    def centre(name: str, count: int) -> LandmarkData:
+        paths = [tmp_path / name / "images" / f"{k}.png" for k in range(count)]
+        return LandmarkData(paths, np.zeros((count, 1, 2)), np.full(count, SPACING_MM), ["L1"], name)
+    own, unseen = centre("own", 10), centre("unseen", 7)
+    (tmp_path / "own" / "images").mkdir(parents=True)
+    config = TrainConfig(data=[[str(tmp_path / "own" / "images"), "own.json"]])
+    metadata = SimpleNamespace(training={"split": new_split([own], 0, 0.2, 0.2)})
+    assert images_to_score(unseen, "test", metadata, config, tmp_path) == list(range(7))
+    assert images_to_score(own, "test", metadata, config, tmp_path) == metadata.training["split"]["own"]["test"]
+    assert images_to_score(own, "all", metadata, config, tmp_path) == list(range(10))

@@ -207,6 +207,20 @@ def test_normalize_standardises_and_survives_a_constant_image():
         normalize(values, "minmax")
 
 
+def test_rank_normalisation_ignores_any_increasing_grey_level_mapping():
+    """Another scanner's tone curve or a viewer's window and gamma keep the grey levels' order, so 'rank' gives the model
+    the same input; equal grey levels share one value, and the result has zero mean and unit variance as 'zscore'."""
+    values = np.round(np.random.default_rng(5).uniform(0, 255, size=(60, 50))).astype(np.float32)
+    values[:, :10] = 0  # a black border: one grey level shared by many pixels
+    ranked = normalize(values, "rank")
+    for mapping in (lambda v: (v / 255) ** 0.4 * 4095, lambda v: np.exp(v / 40), lambda v: 3 * v + 1000):
+        np.testing.assert_allclose(normalize(mapping(values).astype(np.float32), "rank"), ranked, atol=1e-6)
+    assert len(np.unique(ranked[:, :10])) == 1 and ranked[0, 0] <= ranked[:, 10:].min()
+    assert abs(float(ranked.mean())) < 1e-5 and abs(float(ranked.std()) - 1) < 0.02
+    np.testing.assert_array_equal(normalize(np.full((5, 5), 3.0, np.float32), "rank"), 0)
+    assert not np.allclose(normalize(255 - values, "rank"), ranked)  # inverted contrast is not an increasing mapping
+
+
 def test_a_region_past_the_image_is_filled_with_what_the_training_zoom_out_pads_with():
     """Training z-scores an image, then zooms out with zero padding; a frame larger than the image (a tight crop seen
     at the skull's usual frame) must give the model the same: 0 outside, the image scaled by its own statistics."""

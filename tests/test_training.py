@@ -11,9 +11,10 @@ import torch
 from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
+from algorithm.preprocessing import NORMALIZATIONS, normalize
 from training.augment import (RING_RADIUS, RING_REACH, RING_STROKE, AugmentConfig, augment, random_affine, random_flip,
                               random_intensity, random_inversion, random_occlusion, random_overlays, random_rings,
-                              random_tone_curve)
+                              random_tone_curve, standardize)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -241,6 +242,15 @@ def test_random_intensity_restandardises_each_image():
     assert jittered.shape == images.shape
     torch.testing.assert_close(jittered.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(jittered.std(dim=(1, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_training_normalises_augmented_images_as_the_container_does(normalization):
+    """After the intensity jitter, training normalises each image again; the model must see what the container's
+    `normalize` gives it (torch's standard deviation divides by n - 1, numpy's by n)."""
+    images = torch.rand(3, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(6)).mul(50).round()
+    expected = np.stack([normalize(image[0], normalization) for image in images.numpy()])[:, None]
+    np.testing.assert_allclose(standardize(images, normalization).numpy(), expected, atol=1e-3)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from algorithm.preprocessing import RANK_SCALE
+
 
 @dataclass
 class AugmentConfig:
@@ -179,9 +181,24 @@ def random_tone_curve(unit: torch.Tensor, spread: float, generator: torch.Genera
     return (low + (high - low) * (position - step)).view_as(unit)
 
 
-def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """A tone curve (when on), gamma, contrast and noise, then re-standardised as the container's z-score
-    normalisation does."""
+def standardize(images: torch.Tensor, normalization: str) -> torch.Tensor:
+    """Each (B, 1, H, W) image normalised by its own grey levels as the container's `normalize` does: 'zscore' or
+    'rank' (each pixel at its grey level's mid-rank, scaled to unit variance)."""
+    if normalization == "rank":
+        flat = images.flatten(1)
+        levels, order = flat.sort(dim=1)
+        twice_mid_rank = torch.searchsorted(levels, levels) + torch.searchsorted(levels, levels, right=True)
+        mid_rank = torch.empty_like(flat).scatter_(1, order, twice_mid_rank.to(flat.dtype))
+        return ((mid_rank / (2 * flat.shape[1]) - 0.5) * RANK_SCALE).view_as(images)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    std = images.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (images - mean) / std
+
+
+def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                     normalization: str = "zscore") -> torch.Tensor:
+    """A tone curve (when on), gamma, contrast and noise, then normalised again as the container's `normalization`
+    does."""
     batch = images.shape[0]
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
@@ -192,16 +209,14 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
         return (torch.rand(batch, 1, 1, 1, generator=generator, device=images.device) * 2 - 1) * limit
     jittered = unit.pow(torch.exp(uniform(config.gamma))) * (1 + uniform(config.contrast))
     noise = torch.randn(jittered.shape, generator=generator, device=images.device)
-    jittered = jittered + noise * config.noise * jittered.std()
-    mean = jittered.mean(dim=(1, 2, 3), keepdim=True)
-    std = jittered.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (jittered - mean) / std
+    return standardize(jittered + noise * config.noise * jittered.std(), normalization)
 
 
-def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            normalization: str = "zscore") -> tuple[torch.Tensor, torch.Tensor]:
     """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
-    exports' overlays, stray ear-rod rings, inversion and the occlusion of landmarks (when on), intensity."""
+    exports' overlays, stray ear-rod rings, inversion and the occlusion of landmarks (when on), intensity, and the
+    model's `normalization` again."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
     if config.overlays:
@@ -212,4 +227,4 @@ def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
         images = random_inversion(images, config.invert, generator)
     if config.occlusion:
         images = random_occlusion(images, points, config.occlusion, generator)
-    return random_intensity(images, config, generator), points
+    return random_intensity(images, config, generator, normalization), points

@@ -1,6 +1,7 @@
 """Test images re-framed as clinics send them, and the model scored on each framing.
 
     python -m training.clinic_exports [--model algorithm/model] [--split test] [--no-shape-check]
+    python -m training.clinic_exports --model MODEL --data IMAGES ANNOTATIONS   # a centre the model never saw
 
 Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
@@ -8,9 +9,11 @@ text, a ruler in front of the face, a copy downscaled to 1000 px high and saved 
 tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
 ring in front of the ear (another cephalostat's, or the far-side rod of a turned head). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
-same doctors. Nothing is written but the table, a line naming the image and landmark of each gross
-error, and --output's JSON (with each framing's per-landmark figures too): the images of the data sets
-stay where they are.
+same doctors. A data set given with --data that the model never trained on is re-framed whole: a new
+centre's images as its clinics send them, the closest this project comes to the hidden unseen centre.
+Nothing is written but the table, a line naming the image and landmark of each gross error, and
+--output's JSON (with each framing's per-landmark figures too): the images of the data sets stay where
+they are.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
-from training.data import LandmarkData, load_sources
+from training.data import LandmarkData, load_sources, source_name
 from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
                               gross_errors, per_landmark, radial_errors_mm, summarize)
 from training.split import part_of, recorded_split
@@ -211,6 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.clinic_exports", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="an exported model folder")
+    parser.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "ANNOTATIONS"),
+                        help="a data set to re-frame (repeatable), all its images if the model never trained on it "
+                             "(default: the model's training data sets)")
     parser.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
                         help="which images of each of the model's training data sets")
     parser.add_argument("--transforms", nargs="+", choices=list(TRANSFORMS), default=list(TRANSFORMS),
@@ -225,15 +231,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def images_to_score(data: LandmarkData, part: str, metadata: ModelMetadata, config: TrainConfig,
+                    model: Path) -> list[int]:
+    """A data set's images: `part` of the model's recorded split for one it trained on, all of any other."""
+    if part == "all" or data.name not in {source_name(Path(images)) for images, _ in config.sources()}:
+        return list(range(len(data)))
+    split = recorded_split(metadata.training.get("split"), [data], str(model))
+    return part_of(split, data.name, part, str(model), config.split_run)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         metadata = ModelMetadata.load(args.model)
         config = TrainConfig.from_dict(metadata.training.get("config", {}))
-        datasets = load_sources(config.sources(), metadata.landmark_names)
-        split = recorded_split(metadata.training.get("split"), datasets, str(args.model))
-        splits = {d.name: list(range(len(d))) if args.split == "all" else
-                  part_of(split, d.name, args.split, str(args.model), config.split_run) for d in datasets}
+        sources = [tuple(pair) for pair in args.data] if args.data else config.sources()
+        if not sources:
+            raise ValueError(f"{args.model} records no training data: give --data IMAGES ANNOTATIONS")
+        datasets = load_sources(sources, metadata.landmark_names)
+        splits = {d.name: images_to_score(d, args.split, metadata, config, args.model) for d in datasets}
         detector = LandmarkDetector(args.model, device="cpu", refine=args.refine, shape_check=args.shape_check)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -241,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     results = score_framings(detector, datasets, splits, args.transforms)
     columns = ["framing", "MRE", "SD", *(f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM), GROSS_COUNT,
                "gross_among_least_confident"]
-    print(f"{args.model}, {args.split} split of {', '.join(d.name for d in datasets)} "
-          f"({sum(map(len, splits.values()))} images); shape check {'on' if args.shape_check else 'off'}, "
+    scored = ", ".join(f"{d.name} ({len(splits[d.name])} of {len(d)} images)" for d in datasets)
+    print(f"{args.model}, {scored}; shape check {'on' if args.shape_check else 'off'}, "
           f"{'both stages' if detector.refinement else 'first stage'}:")
     print(format_table([{"framing": name, **row} for name, row in results.items()], columns))
     print("gross_among_least_confident: the share of errors beyond 5 mm among the 10 % least confident landmarks")

@@ -43,7 +43,9 @@ class TrainConfig:
                                  "truth, as a share of the crop side")
     input_height: int = _option(512, "model input height in pixels")
     input_width: int = _option(416, "model input width in pixels")
-    normalization: str = _option("zscore", "intensity normalisation of the input", NORMALIZATIONS)
+    normalization: str = _option("zscore", "intensity normalisation of the input: zscore (the image's mean and "
+                                 "standard deviation) or rank (histogram equalisation: blind to any increasing tone "
+                                 "curve)", NORMALIZATIONS)
     width: int = _option(16, "UNet channels at full resolution (doubling per level)")
     depth: int = _option(5, "UNet pooling levels")
     stride: int = _option(2, "heatmap stride: input pixels per heatmap pixel")

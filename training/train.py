@@ -134,7 +134,8 @@ def train_one_epoch(run: Run, trained_model: torch.nn.Module, epoch: int, rank: 
     batches = range(0, len(order), config.batch_size)
     for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0, leave=False):
         index = order[start:start + config.batch_size]
-        batch, batch_points = augment(images[index], points[index], config.augment, generator)
+        batch, batch_points = augment(images[index], points[index], config.augment, generator,
+                                       config.normalization)
         targets, weights = codec.encode(batch_points, xp=torch)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             loss = heatmap_loss(trained_model(batch), targets, weights)
