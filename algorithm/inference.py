@@ -45,6 +45,11 @@ REFRAME_SMALLEST = 0.2
 # 0.3 mm on average), by 5 in one, whose frame came from a first look with 7 landmarks off and moved 15 of its 19
 # landmarks 20-36 mm away.
 REFRAME_TOLERANCE = 2
+# A first look that finds no skull (most landmarks off a plausible one) in an image whose aspect differs from the
+# model input's by more than this ratio looks again at a frame of the input's aspect, as tall as the image and
+# centred across it: a viewer screenshot or landscape canvas unsqueezed. Trained on Hamedan and scored on ISBI
+# viewer screenshots, 4 of 150 first looks found no skull there, and a second look at the skull's frame needs one.
+CENTRED_LOOK_ASPECT = 1.1
 
 
 def _providers_for(device: str) -> list[str]:
@@ -225,27 +230,52 @@ class LandmarkDetector:
                      f"cephalogram? They are estimated from the rest, probability <= {REESTIMATED_PROBABILITY}",)
         return Detection(points, confidence, fit, reestimated, notes)
 
-    def reframe(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
-        """Step 3c: where the skull fills much less of its image than in training images (a landscape canvas,
-        viewer borders) or much more (a crop tight about it), the first stage looks again at the frame training
-        would have given it, so that it sees the skull at the scale and aspect it learned. The frame comes from
-        the first look's skull, so a first look with most landmarks off a plausible skull gives none; where the
-        second look puts clearly more landmarks off a plausible skull, that frame was wrong and the first look
-        stays."""
-        if (self.shape is None or self.shape.frame is None or first.shape_fit is None
-                or 2 * off_skull(first) > len(first.points)):
-            return first
-        left, top, width, height = self.shape.frame_box(first.shape_fit)
-        spans = np.array([width / geometry.content_width, height / geometry.content_height])
-        if not (REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW or spans.min() > REFRAME_ABOVE):
-            return first
+    def look_at(self, image: np.ndarray, geometry: ResizeGeometry, left: float, top: float, width: float,
+                height: float) -> Detection:
+        """The first stage's look at one frame of the image's content (reaching past it, where the frame does)."""
         content = content_of(image, geometry)
         model_input, frame = prepare_region(content, int(np.floor(left)), int(np.floor(top)), int(np.ceil(width)),
                                             int(np.ceil(height)), self.codec.input_height, self.codec.input_width,
                                             self.metadata.normalization)
-        second = self.decode(self.heatmaps(model_input[None]), [frame])[0]
+        return replace(self.decode(self.heatmaps(model_input[None]), [frame])[0], frame_height=frame.content_height)
+
+    def centred_look(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Step 3c, where the first look found no skull: squeezed into the model's input, a skull in a much wider (or
+        narrower) image may be one the model cannot read, so the first stage looks at a frame of the input's aspect,
+        as tall as the image and centred across it, and that look is kept if it puts fewer landmarks off the skull."""
+        height = geometry.content_height
+        width = height * self.codec.input_width / self.codec.input_height
+        if abs(np.log(width / geometry.content_width)) <= np.log(CENTRED_LOOK_ASPECT):
+            return first
+        second = self.look_at(image, geometry, (geometry.content_width - width) / 2, 0, width, height)
+        if off_skull(second) >= off_skull(first):
+            return first
+        return replace(second, notes=second.notes + (
+            f"the first look put {off_skull(first)} of {len(first.points)} landmarks off the skull: a look at the "
+            f"image's centre at the model's aspect put {off_skull(second)}, and is kept",))
+
+    def reframe(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Step 3c: where the skull fills much less of its image than in training images (a landscape canvas,
+        viewer borders) or much more (a crop tight about it), the first stage looks again at the frame training
+        would have given it, so that it sees the skull at the scale and aspect it learned. The frame comes from
+        the first look's skull, so a first look with most landmarks off a plausible skull gives none (it may look
+        at the image's centre first, `centred_look`); where the second look puts clearly more landmarks off a
+        plausible skull, that frame was wrong and the first look stays."""
+        if self.shape is None or self.shape.frame is None:
+            return first
+        found_at_centre: tuple[str, ...] = ()
+        if first.shape_fit is None or 2 * off_skull(first) > len(first.points):
+            centred = self.centred_look(image, geometry, first)
+            found_at_centre, first = (centred.notes[-1:] if centred is not first else ()), centred
+            if first.shape_fit is None or 2 * off_skull(first) > len(first.points):
+                return first
+        left, top, width, height = self.shape.frame_box(first.shape_fit)
+        spans = np.array([width / geometry.content_width, height / geometry.content_height])
+        if not (REFRAME_SMALLEST <= spans.min() < REFRAME_BELOW or spans.min() > REFRAME_ABOVE):
+            return first
+        second = self.look_at(image, geometry, left, top, width, height)
         if off_skull(second) <= off_skull(first) + REFRAME_TOLERANCE:
-            return replace(second, frame_height=frame.content_height)
+            return replace(second, notes=found_at_centre + second.notes)
         return replace(first, notes=first.notes + (
             f"a second look at the skull's usual frame put {off_skull(second)} landmark(s) off the skull against "
             f"{off_skull(first)}: the first look is kept",))

@@ -45,8 +45,9 @@ def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_mo
         monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
         monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
         monkeypatch.setattr(inference, "off_skull", lambda detection: 0)
-    else:  # in none (an untrained model's skulls come in any size)
+    else:  # in none (an untrained model's skulls come in any size, and mostly off a plausible skull)
         monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
+        monkeypatch.setattr(inference, "CENTRED_LOOK_ASPECT", np.inf)
     images = list(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))
     predicted, profiled = [], []
     in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))

@@ -227,3 +227,38 @@ def test_the_first_stage_looks_again_where_the_skull_fills_much_less_or_much_mor
                         lambda content, points, *rest: heights.append(rest[-1]) or (points, np.ones(len(points))))
     full_model.refine(image, geometry, result)
     assert heights == [frames[0].content_height]
+
+
+@pytest.mark.parametrize("canvas_widths, off_centred, kept", [(3, 0, True), (3, UNTRAINED_LANDMARKS, False),
+                                                               (1, 0, False)])
+def test_a_first_look_that_finds_no_skull_in_a_wide_image_looks_at_its_centre_at_the_models_aspect(
+        full_model, monkeypatch, canvas_widths, off_centred, kept):
+    """A viewer screenshot squeezed into the model's input can hide the skull from the first look (most landmarks off
+    a plausible skull, so no skull frame to look at). The first stage then looks at a frame of its input's aspect,
+    as tall as the image and centred across it, and keeps that look only if fewer landmarks are off the skull; an
+    image of the input's own aspect has no other frame to offer."""
+    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)  # no second look at the skull's frame after it
+    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
+    height, width = FULL_MODEL_FRAME
+    rng = np.random.default_rng(8)
+    points = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, rng)
+    image = rng.uniform(1, 255, size=(height, canvas_widths * width)).astype(np.uint8)
+    geometry = full_model.prepare(image)[1]
+    lost = np.ones(UNTRAINED_LANDMARKS, bool)
+    first = Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points), lost)
+    centred = Detection(points + 1.0, first.confidence, first.shape_fit, np.arange(UNTRAINED_LANDMARKS) < off_centred)
+    frames = []
+    monkeypatch.setattr(full_model, "decode", lambda heatmaps, geometries: frames.extend(geometries) or [centred])
+    result = full_model.reframe(image, geometry, first)
+    aspect = full_model.codec.input_width / full_model.codec.input_height
+    if canvas_widths == 1:
+        assert abs(np.log(width / height / aspect)) <= np.log(inference.CENTRED_LOOK_ASPECT) and not frames
+    else:
+        (frame,) = frames
+        assert frame.content_height == height and frame.content_width == pytest.approx(height * aspect, abs=1)
+        assert frame.left + frame.content_width / 2 == pytest.approx(canvas_widths * width / 2, abs=1)
+    if not kept:
+        assert result is first
+        return
+    np.testing.assert_array_equal(result.points, centred.points)
+    assert result.notes[-1].endswith(f"at the model's aspect put {off_centred}, and is kept")
