@@ -163,7 +163,7 @@ def test_train_help_describes_every_option_and_lists_choices():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "(default: )" not in text and "(default: none)" in text
-    for expected in ["--data IMAGES ANNOTATIONS", "{zscore}", "{argmax,centroid}", "{auto,cuda,cpu}",
+    for expected in ["--data IMAGES ANNOTATIONS", "{zscore,rank}", "{argmax,centroid}", "{auto,cuda,cpu}",
                      "{source_mean,pooled}", "ground-truth JSON"]:
         assert expected in text, expected
 
