@@ -149,6 +149,11 @@ def off_skull(detection: Detection) -> int:
     return len(detection.points) if detection.reestimated is None else int(detection.reestimated.sum())
 
 
+def finds_no_skull(detection: Detection) -> bool:
+    """Whether a shape-checked look has most of its landmarks off any plausible skull: no skull to frame."""
+    return detection.shape_fit is None or 2 * off_skull(detection) > len(detection.points)
+
+
 class LandmarkDetector:
     """The exported model (one or two stages) with the preprocessing and decoding its metadata describes."""
 
@@ -264,10 +269,11 @@ class LandmarkDetector:
         if self.shape is None or self.shape.frame is None:
             return first
         found_at_centre: tuple[str, ...] = ()
-        if first.shape_fit is None or 2 * off_skull(first) > len(first.points):
+        if finds_no_skull(first):
             centred = self.centred_look(image, geometry, first)
-            found_at_centre, first = (centred.notes[-1:] if centred is not first else ()), centred
-            if first.shape_fit is None or 2 * off_skull(first) > len(first.points):
+            if centred is not first:
+                found_at_centre, first = centred.notes[-1:], centred
+            if finds_no_skull(first):
                 return first
         left, top, width, height = self.shape.frame_box(first.shape_fit)
         spans = np.array([width / geometry.content_width, height / geometry.content_height])

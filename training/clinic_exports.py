@@ -34,10 +34,10 @@ from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
 from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
-from training.data import LandmarkData, load_sources, source_name
+from training.data import LandmarkData, load_sources
 from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
                               gross_errors, per_landmark, radial_errors_mm, summarize)
-from training.split import part_of, recorded_split
+from training.split import part_or_all
 
 
 @dataclass
@@ -234,10 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def images_to_score(data: LandmarkData, part: str, metadata: ModelMetadata, config: TrainConfig,
                     model: Path) -> list[int]:
     """A data set's images: `part` of the model's recorded split for one it trained on, all of any other."""
-    if part == "all" or data.name not in {source_name(Path(images)) for images, _ in config.sources()}:
-        return list(range(len(data)))
-    split = recorded_split(metadata.training.get("split"), [data], str(model))
-    return part_of(split, data.name, part, str(model), config.split_run)
+    scored_part = part if data.name in config.data_set_names() else "all"
+    return part_or_all(data, scored_part, metadata.training.get("split"), str(model), config.split_run)
 
 
 def main(argv: list[str] | None = None) -> int:

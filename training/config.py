@@ -12,6 +12,7 @@ from algorithm.crops import CropSpec
 from algorithm.devices import DEVICES
 from algorithm.preprocessing import NORMALIZATIONS
 from training.augment import AugmentConfig
+from training.data import source_name
 from training.model import UNet
 from training.stages import STAGES
 
@@ -92,6 +93,10 @@ class TrainConfig:
         if self.images or self.annotations:
             pairs.append((self.images, self.annotations))
         return pairs
+
+    def data_set_names(self) -> set[str]:
+        """The short names of the run's data sets, as `LandmarkData.name` gives them."""
+        return {source_name(Path(images)) for images, _ in self.sources()}
 
     def codec(self) -> HeatmapCodec:
         """The stage's codec: the whole model input (detect) or one crop (refine)."""

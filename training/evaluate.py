@@ -23,14 +23,14 @@ from tqdm import tqdm
 from algorithm.codec import DECODERS
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
-from training.data import LandmarkData, load_sources, source_name
+from training.data import LandmarkData, load_sources
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.metrics import (GROSS_COUNT, SDR_THRESHOLDS_MM, confidence_report, format_table, landmark_label,
                               per_landmark, radial_errors_mm, summarize)
 from training.pictures import PICTURE_HEIGHT, PNG_COMPRESSION, Marks, display_gray, render
 from training.plots import plot_error_cdf
-from training.split import SPLIT_FILE, Split, part_of, read_split, recorded_split
+from training.split import SPLIT_FILE, Split, part_or_all, read_split
 from training.stages import STAGES, Predictions
 
 SUMMARY_COLUMNS = ["MRE", "SD"] + [f"SDR@{t:g}" for t in SDR_THRESHOLDS_MM] + [GROSS_COUNT]
@@ -217,10 +217,7 @@ def split_indices(data: LandmarkData, part: str, evaluated: Evaluated, trained_o
     A part of the split is read from the model's recorded split, refused when it was made for other images."""
     if part == "auto":
         part = "test" if data.name in trained_on else "all"
-    if part == "all":
-        return part, list(range(len(data)))
-    split = recorded_split(evaluated.split, [data], str(evaluated.source))
-    return part, part_of(split, data.name, part, str(evaluated.source), evaluated.config.split_run)
+    return part, part_or_all(data, part, evaluated.split, str(evaluated.source), evaluated.config.split_run)
 
 
 def predict(args: argparse.Namespace, evaluated: Evaluated, data: LandmarkData, indices: list[int]) -> Predictions:
@@ -258,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = evaluation_sources(args, evaluated.config)
         output = results_folder(args)
         datasets = load_sources(sources, evaluated.names)
-        trained_on = {source_name(Path(images)) for images, _ in evaluated.config.sources()}
+        trained_on = evaluated.config.data_set_names()
         output.mkdir(parents=True, exist_ok=True)
         scored = [score_data_set(args, evaluated, d, s, trained_on, output) for d, s in zip(datasets, sources)]
     except (ValueError, FileNotFoundError) as error:

@@ -109,3 +109,11 @@ def part_of(split: Split, name: str, part: str, source: str, split_run: str = ""
                 "images these were" if split_run else "")
         raise ValueError(f"{source}: its split holds no {part} images of {name!r}{hint}")
     return indices
+
+
+def part_or_all(data: LandmarkData, part: str, split: Split | None, source: str, split_run: str = "") -> list[int]:
+    """A data set's images to score: every one for `all`, else one part of the split a model records (refused as
+    `recorded_split` and `part_of` refuse it)."""
+    if part == "all":
+        return list(range(len(data)))
+    return part_of(recorded_split(split, [data], source), data.name, part, source, split_run)
