@@ -12,9 +12,9 @@ from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
 from algorithm.preprocessing import NORMALIZATIONS, normalize
-from training.augment import (RING_RADIUS, RING_REACH, RING_STROKE, AugmentConfig, augment, random_affine, random_flip,
-                              random_intensity, random_inversion, random_occlusion, random_overlays, random_rings,
-                              random_tone_curve, standardize)
+from training.augment import (CROP_MARGIN, RING_RADIUS, RING_REACH, RING_STROKE, AugmentConfig, augment, random_affine,
+                              random_flip, random_intensity, random_inversion, random_occlusion, random_overlays,
+                              random_rings, random_tight_crop, random_tone_curve, standardize)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -186,6 +186,26 @@ def test_rings_are_drawn_bright_about_the_landmarks():
     assert (columns - WIDTH * 0.5).abs().max() <= reach and (rows - HEIGHT * 0.5).abs().max() <= reach
     missing = torch.full((8, 1, 2), float("nan"))
     torch.testing.assert_close(random_rings(images, missing, 1.0, torch.Generator()), images)
+
+
+def test_a_tight_crop_keeps_a_box_about_the_landmarks_and_fills_the_rest_with_its_mean_grey():
+    images = torch.rand(8, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(18))
+    corners = torch.tensor([[WIDTH * 0.3, HEIGHT * 0.2], [WIDTH * 0.7, HEIGHT * 0.8]])
+    points = torch.cat([corners, torch.full((1, 2), float("nan"))]).expand(8, 3, 2)  # a missing one bounds nothing
+    torch.testing.assert_close(random_tight_crop(images, points, 0.0, torch.Generator()), images)
+    cropped = random_tight_crop(images, points, 1.0, torch.Generator().manual_seed(19))
+    changed = cropped != images
+    for image, crop, filled in zip(images[:, 0], cropped[:, 0], changed[:, 0]):
+        rows, columns = torch.nonzero(~filled, as_tuple=True)
+        size = (corners[1] - corners[0])
+        low = corners[0] - CROP_MARGIN[1] * size - 1
+        high = corners[1] + CROP_MARGIN[1] * size + 1
+        assert columns.min() >= low[0] and columns.max() <= high[0] and rows.min() >= low[1] and rows.max() <= high[1]
+        assert columns.min() <= corners[0, 0] - CROP_MARGIN[0] * size[0] + 1  # the margin is kept
+        assert rows.max() >= corners[1, 1] + CROP_MARGIN[0] * size[1] - 1
+        torch.testing.assert_close(crop[filled], image[~filled].mean().expand(int(filled.sum())))
+    one = torch.tensor([[WIDTH * 0.5, HEIGHT * 0.5]]).expand(8, 1, 2)  # no box about a single landmark
+    torch.testing.assert_close(random_tight_crop(images, one, 1.0, torch.Generator()), images)
 
 
 def test_a_tone_curve_keeps_the_order_and_range_of_grey_levels_but_bends_them():

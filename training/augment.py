@@ -7,8 +7,9 @@ or stretched across as a landscape frame resized to the portrait input makes it,
 rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on, with
 random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres). So are
 stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them;
-tried and not adopted, the tight crop's Porion got worse) and hiding boxes about landmarks (`occlusion`,
-tried across centres and not adopted; see the README for both). A step
+tried and not adopted, the tight crop's Porion got worse), hiding boxes about landmarks (`occlusion`, tried
+across centres and not adopted) and tight crops about the landmarks (`crop`: what the container's second look
+at a tightly cropped export sees; better across centres, on trial); see the README for all three. A step
 that is off draws nothing, so the default augmentation is what it always was.
 """
 
@@ -38,6 +39,7 @@ class AugmentConfig:
     occlusion: float = 0.0  # probability of two boxes about random landmarks hidden under the mean grey
     tone: float = 0.0  # spread (log) of a random monotone tone curve's slopes: another scanner's grey levels
     rings: float = 0.0  # probability of stray bright ear-rod rings near landmarks on an image
+    crop: float = 0.0  # probability of a crop tight about the landmarks, the rest under the mean grey
 
 
 # A random tone curve is piecewise linear over this many equal steps of the grey range.
@@ -47,6 +49,9 @@ TONE_STEPS = 8
 RING_RADIUS = (0.015, 0.04)
 RING_STROKE = (0.003, 0.007)
 RING_REACH = 0.1
+# A tight crop's margin beyond the landmarks' bounding box on each side, as a share of the box's size (the
+# clinic-export test cuts at 8 %).
+CROP_MARGIN = (0.02, 0.15)
 
 
 def random_affine(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig,
@@ -168,6 +173,28 @@ def random_rings(images: torch.Tensor, points: torch.Tensor, probability: float,
     return torch.where(marks, images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images), images)
 
 
+def random_tight_crop(images: torch.Tensor, points: torch.Tensor, probability: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """With `probability`, each (B, 1, H, W) image cut to its (B, K, 2) landmarks' bounding box widened by
+    CROP_MARGIN on each side, the rest under the mean grey of what is kept: what the container's second look at
+    a tightly cropped export sees, where its frame reaches past the image (`prepare_region`). Landmarks stay."""
+    batch, _, height, width = images.shape
+    device = images.device
+    low, high = torch.nan_to_num(points, nan=float("inf")).amin(1), torch.nan_to_num(points, nan=float("-inf")).amax(1)
+    size = high - low  # (B, 2)
+    margins = CROP_MARGIN[0] + (CROP_MARGIN[1] - CROP_MARGIN[0]) * torch.rand(batch, 2, 2, generator=generator,
+                                                                              device=device)
+    low, high = low - margins[:, 0] * size, high + margins[:, 1] * size
+    xs = torch.arange(width, device=device, dtype=images.dtype)
+    ys = torch.arange(height, device=device, dtype=images.dtype)[:, None]
+    kept = ((xs >= low[:, 0, None, None]) & (xs <= high[:, 0, None, None])
+            & (ys >= low[:, 1, None, None]) & (ys <= high[:, 1, None, None]))[:, None]  # (B, 1, H, W)
+    chosen = torch.rand(batch, generator=generator, device=device) < probability
+    chosen = (chosen & (size > 0).all(1))[:, None, None, None]  # a box about two landmarks at least
+    mean_kept = (images * kept).sum(dim=(1, 2, 3), keepdim=True) / kept.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+    return torch.where(chosen & ~kept, mean_kept.expand_as(images), images)
+
+
 def random_tone_curve(unit: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
     """Each (B, 1, H, W) image of grey levels in [0, 1] through its own random increasing curve from 0 to 1,
     piecewise linear over TONE_STEPS steps whose slopes are log-normal with `spread`: a scanner's or a
@@ -215,7 +242,7 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
 def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
             normalization: str = "zscore") -> tuple[torch.Tensor, torch.Tensor]:
     """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
-    exports' overlays, stray ear-rod rings, inversion and the occlusion of landmarks (when on), intensity, and the
+    exports' overlays, stray ear-rod rings, inversion, the occlusion of landmarks and tight crops (when on), intensity, and the
     model's `normalization` again."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
@@ -227,4 +254,6 @@ def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig, g
         images = random_inversion(images, config.invert, generator)
     if config.occlusion:
         images = random_occlusion(images, points, config.occlusion, generator)
+    if config.crop:
+        images = random_tight_crop(images, points, config.crop, generator)
     return random_intensity(images, config, generator, normalization), points
