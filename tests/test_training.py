@@ -197,7 +197,7 @@ def test_a_tight_crop_keeps_a_box_about_the_landmarks_and_fills_the_rest_with_it
     changed = cropped != images
     for image, crop, filled in zip(images[:, 0], cropped[:, 0], changed[:, 0]):
         rows, columns = torch.nonzero(~filled, as_tuple=True)
-        size = (corners[1] - corners[0])
+        size = corners[1] - corners[0]
         low = corners[0] - CROP_MARGIN[1] * size - 1
         high = corners[1] + CROP_MARGIN[1] * size + 1
         assert columns.min() >= low[0] and columns.max() <= high[0] and rows.min() >= low[1] and rows.max() <= high[1]

@@ -242,8 +242,8 @@ def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: tor
 def augment(images: torch.Tensor, points: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
             normalization: str = "zscore") -> tuple[torch.Tensor, torch.Tensor]:
     """The whole augmentation of a (B, 1, H, W) batch and its (B, K, 2) landmarks: flip, affine, the clinic
-    exports' overlays, stray ear-rod rings, inversion, the occlusion of landmarks and tight crops (when on), intensity, and the
-    model's `normalization` again."""
+    exports' overlays, stray ear-rod rings, inversion, the occlusion of landmarks and tight crops (when on),
+    intensity, and the model's `normalization` again."""
     images, points = random_flip(images, points, config.horizontal_flip, generator)
     images, points = random_affine(images, points, config, generator)
     if config.overlays:
