@@ -5,12 +5,12 @@ generator on that device. Horizontal flips are off by default (every image faces
 their probability, for the ablation in the README. The steps that imitate clinic exports (a skull squeezed
 or stretched across as a landscape frame resized to the portrait input makes it, bright overlay text and
 rulers, inverted contrast) are off by default too; `training/configs/clinic.json` turns them on, with
-random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres). So are
+random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres) and tight
+crops about the landmarks (`crop`: what the container's second look at a tightly cropped export sees). So are
 stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them;
-tried and not adopted, the tight crop's Porion got worse), hiding boxes about landmarks (`occlusion`, tried
-across centres and not adopted) and tight crops about the landmarks (`crop`: what the container's second look
-at a tightly cropped export sees; better across centres, on trial); see the README for all three. A step
-that is off draws nothing, so the default augmentation is what it always was.
+tried and not adopted, the tight crop's Porion got worse) and hiding boxes about landmarks (`occlusion`, tried
+across centres and not adopted); see the README for each. A step that is off draws nothing, so the default
+augmentation is what it always was.
 """
 
 from __future__ import annotations
