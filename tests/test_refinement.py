@@ -511,6 +511,44 @@ def test_an_ensemble_of_first_stages_that_held_out_other_images_is_refused(two_s
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
+def test_a_second_stage_assembled_beside_another_first_stage_of_its_split_runs_with_it(two_stage_model,
+                                                                                     first_stage_seeds_1,
+                                                                                     synthetic_dataset, tmp_path):
+    seed_1, output = first_stage_seeds_1["same split"], tmp_path / "assembled"
+    result = run_module("training.assemble", "--first-stage", seed_1, "--second-stage", two_stage_model,
+                        "--output", output, "--trained-on", "both stages")
+    assert result.returncode == 0, result.stderr
+    assert (output / "model.onnx").read_bytes() == (seed_1 / "model.onnx").read_bytes()
+    assert (output / "refine.onnx").read_bytes() == (two_stage_model / "refine.onnx").read_bytes()
+    assembled, first, second = (ModelMetadata.load(m) for m in (output, seed_1, two_stage_model))
+    assert assembled.refinement == second.refinement and assembled.refinement is not None
+    assert (assembled.training, assembled.shape) == (first.training, first.shape)
+    assert (assembled.trained_on, assembled.accuracy) == ("both stages", {})
+    refined, alone = (np.stack([d.points for d in LandmarkDetector(output, device="cpu", refine=refine).predict(
+        synthetic_dataset.images[:2])]) for refine in (True, False))
+    first_alone = np.stack([d.points for d in LandmarkDetector(seed_1, device="cpu").predict(
+        synthetic_dataset.images[:2])])
+    np.testing.assert_allclose(alone, first_alone)
+    assert not np.allclose(refined, alone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["other split", "no second stage"])
+def test_assembling_stages_of_other_splits_or_without_a_second_stage_is_refused(case, two_stage_model,
+                                                                                first_stage_seeds_1, tmp_path):
+    first = first_stage_seeds_1["own split" if case == "other split" else "same split"]
+    second = two_stage_model if case == "other split" else first
+    result = run_module("training.assemble", "--first-stage", first, "--second-stage", second,
+                        "--output", tmp_path / "a")
+    assert result.returncode == 1
+    expected = (f"{second}: its second stage held out other images than {first}'s first stage (or one of them "
+                "records no split); assemble only stages trained on the same split" if case == "other split"
+                else f"{second / 'metadata.json'}: no second stage to take")
+    assert result.stderr.strip() == f"error: {expected}"
+    assert not (tmp_path / "a").exists()
+
+
 def one_convolution(weight: np.ndarray) -> onnx.ModelProto:
     """A graph of one 2D convolution with `weight` (out, in, k, k) and a small bias."""
     bias = np.linspace(-0.1, 0.1, weight.shape[0]).astype(np.float32)
