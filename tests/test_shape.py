@@ -262,3 +262,57 @@ def test_a_first_look_that_finds_no_skull_in_a_wide_image_looks_at_its_centre_at
         return
     np.testing.assert_array_equal(result.points, centred.points)
     assert result.notes[-1].endswith(f"at the model's aspect put {off_centred}, and is kept")
+
+
+def _turned(upright: np.ndarray, points: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """An upright image and its (K, 2) landmarks as a clinic might export them instead (forward maps, written here
+    independently of the container's maps back)."""
+    height, width = upright.shape
+    x, y = points[:, 0], points[:, 1]
+    if how == "mirrored":
+        return upright[:, ::-1], np.stack([width - 1 - x, y], 1)
+    if how == "clockwise":
+        return np.rot90(upright, -1), np.stack([height - 1 - y, x], 1)
+    if how == "anticlockwise":
+        return np.rot90(upright, 1), np.stack([y, width - 1 - x], 1)
+    return upright, points
+
+
+@pytest.mark.parametrize("how", ["mirrored", "clockwise", "anticlockwise", "upright", "no skull either way"])
+def test_a_mirrored_or_quarter_turned_image_is_read_upright_and_its_landmarks_mapped_back(full_model, monkeypatch,
+                                                                                          how):
+    """The network finds the skull only in the upright copy (elsewhere its peaks fall anywhere): a mirrored image or
+    one turned a quarter gets its landmarks where its own skull is, saying so; an upright one takes no extra look, and
+    one with no skull in any orientation keeps its first look."""
+    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)  # no second look at the skull's frame
+    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
+    monkeypatch.setattr(full_model, "refinement", None)
+    height, width = FULL_MODEL_FRAME
+    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(11))
+    upright = synthetic_image(height, width, truth, np.random.default_rng(12))
+    image, expected = _turned(upright, truth, how)
+    upright_input, upright_geometry = full_model.prepare(upright)
+    codec, rng, looks = full_model.codec, np.random.default_rng(13), []
+
+    def heatmaps(_outputs, feeds):
+        model_input = next(iter(feeds.values()))[0, 0]
+        sees_skull = how != "no skull either way" and model_input.shape == upright_input.shape and np.allclose(
+            model_input, upright_input)
+        looks.append(sees_skull)
+        points = (upright_geometry.to_model(truth) if sees_skull else
+                  rng.uniform(0, 1, (UNTRAINED_LANDMARKS, 2)) * [codec.input_width, codec.input_height])
+        maps = codec.encode(points)[0] + 1e-6
+        return [(maps / maps.sum(axis=(1, 2), keepdims=True))[None]]
+
+    monkeypatch.setattr(full_model.session, "run", heatmaps)
+    result = next(full_model.predict([np.ascontiguousarray(image)]))
+    pixel = upright_geometry.scale_xy.max() * codec.stride
+    if how == "upright":
+        assert looks == [True] and not result.notes
+    if how == "no skull either way":
+        assert len(looks) > 1 and not any("upright copy" in note for note in result.notes)
+        return
+    assert np.abs(result.points - expected).max() < pixel
+    if how != "upright":
+        assert looks[0] is False and looks.count(True) == 1
+        assert "upright copy" in result.notes[-1] and ("mirrored" in result.notes[-1]) == (how == "mirrored")

@@ -7,7 +7,8 @@ Each transform turns one un-padded 8-bit cephalogram and its landmarks into what
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
 tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
-ring in front of the ear (another cephalostat's, or the far-side rod of a turned head). The landmarks
+ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
+(the patient facing left) and one turned a quarter clockwise (a portrait film stored on its side). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
 same doctors. A data set given with --data that the model never trained on is re-framed whole: a new
 centre's images as its clinics send them, the closest this project comes to the hidden unseen centre.
@@ -160,6 +161,18 @@ def inverted(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(255 - image, points, spacing)
 
 
+def mirrored(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Mirrored left-right: the patient faces left, as some cephalostats and viewers show the other side."""
+    return Framed(np.ascontiguousarray(image[:, ::-1]), np.stack([image.shape[1] - 1 - points[:, 0], points[:, 1]], 1),
+                  spacing)
+
+
+def rotated(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Turned a quarter clockwise: a portrait film scanned or stored on its side, the face pointing down."""
+    return Framed(np.ascontiguousarray(np.rot90(image, k=-1)),
+                  np.stack([image.shape[0] - 1 - points[:, 1], points[:, 0]], 1), spacing)
+
+
 def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(image, points, spacing)
 
@@ -167,7 +180,8 @@ def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
-    "inverted contrast": inverted, "stray ear rod": stray_ear_rod,
+    "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
+    "rotated a quarter": rotated,
 }
 
 
