@@ -314,12 +314,12 @@ class LandmarkDetector:
 
     def upright(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection, as_given: Detection) -> Detection:
         """Steps 3d and 4: where the look at the image as given, or the look kept after re-framing (`first`), puts many
-        landmarks off any plausible skull, the image may be mirrored or turned a quarter, so the first stage looks at it
-        turned upright each way; the orientation with the fewest landmarks off the skull is kept if it at least halves
-        those of `first`, refined there, and its landmarks mapped back (its shape fit and frame, which hold in the
-        turned copy only, are dropped). Otherwise `first` is refined as it is. Both looks count, as re-framing a
-        turned image can find a skull that fits in part: one of 110 Hamedan images turned a quarter had 8 landmarks
-        off the skull as given, 4 after re-framing and none upright."""
+        landmarks off any plausible skull, the image may be mirrored or turned a quarter, so the first stage looks once
+        at it turned upright each way; the orientation with the fewest landmarks off the skull is kept if it at least
+        halves those of `first`, re-framed and refined there as an upright image would be, and its landmarks mapped
+        back (its shape fit and frame, which hold in the upright copy only, are dropped). Otherwise `first` is refined
+        as it is. Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan
+        images turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright."""
         if self.shape is None or max(off_skull(first), off_skull(as_given)) < TURNED_LOOK_SHARE * len(first.points):
             return self.refine(image, geometry, first)
         content = content_of(image, geometry)
@@ -327,14 +327,13 @@ class LandmarkDetector:
         for name, (turn, _) in ORIENTATIONS.items():
             turned = np.ascontiguousarray(turn(content))
             model_input, turned_geometry = self.prepare(turned)
-            look = self.reframe(turned, turned_geometry,
-                                self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0])
+            look = self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0]
             if best is None or off_skull(look) < off_skull(best[1]):
                 best = (name, look, turned, turned_geometry)
         name, look, turned, turned_geometry = best
         if 2 * off_skull(look) > off_skull(first):
             return self.refine(image, geometry, first)
-        refined = self.refine(turned, turned_geometry, look)
+        refined = self.refine(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
         points = ORIENTATIONS[name][1](refined.points, *content.shape)
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "

@@ -35,7 +35,8 @@ from algorithm.reader import ImageStack  # noqa: E402
 
 # each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's)
 STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "inference": "heatmaps", "decode": "decode",
-                 "reframe": "reframe", "refine": "refine", "finish": "finish"}
+                 "reframe": "reframe", "refine": "upright", "finish": "finish"}  # upright: the second stage, after
+# looks at a mirrored or turned copy where the image seems one (synthetic images, which hold no skull, take them)
 
 
 def resident_mb() -> dict:
@@ -61,11 +62,11 @@ def time_phases(detector: LandmarkDetector, images: Iterable[np.ndarray]) -> tup
         marks.append(clock())
         heatmaps = detector.heatmaps(inputs[None])
         marks.append(clock())
-        detection = detector.decode(heatmaps, [geometry])[0]
+        as_given = detector.decode(heatmaps, [geometry])[0]
         marks.append(clock())
-        detection = detector.reframe(image, geometry, detection)
+        detection = detector.reframe(image, geometry, as_given)
         marks.append(clock())
-        detection = detector.refine(image, geometry, detection)
+        detection = detector.upright(image, geometry, detection, as_given)
         marks.append(clock())
         detections.append(detector.finish(image, geometry, detection))
         marks.append(clock())

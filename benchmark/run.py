@@ -3,8 +3,10 @@
     python -m benchmark.run [--sizes 10 20 40] [--repeats 3] [--baseline-sizes ...] [--skip-baseline]
 
 For each N it builds (once, cached) a stack like the challenge's: N images of 2400 x 2880 x 3
-uint8 (R = G = B), synthetic content of 1935 x 2400 or 1340 x 1671 pixels at the top-left and
-zero padding, uncompressed MetaImage (20.7 MB an image). Every measurement is a whole process
+uint8 (R = G = B), synthetic content of 1935 x 2400 or 1340 x 1671 pixels (or, with --images, a folder's
+real cephalograms) at the top-left and zero padding, uncompressed MetaImage (20.7 MB an image). Synthetic
+images hold no skull, so the container also looks at them mirrored and turned, as it would at a cephalogram
+exported so: their times are a worst case, real images' the usual one. Every measurement is a whole process
 (python startup, imports, model load, reading, writing the JSON): wall time, CPU time and peak
 resident memory (ru_maxrss of the child from os.wait4). Medians over the repeats. Also:
 the share of each phase (benchmark.phases, in-process) and the --threads / --batch-size options
@@ -189,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="our model folder (default: the one the container would load: one mounted at "
                         f"{MOUNTED_MODEL_DIR}, else algorithm/model)")
     parser.add_argument("--seed", type=int, default=2023, help="seed of the synthetic images (default: %(default)s)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="build the stacks of this folder's images (the first N, sorted by name, repeated where "
+                        "it holds fewer) instead of synthetic ones: real cephalograms take the container's usual "
+                        "path, while synthetic images, which hold no skull, also take its looks for a mirrored or "
+                        "turned image (never written into the project; cached under --stack-dir)")
     parser.add_argument("--stack-dir", type=Path, default=DEFAULT_RESULTS / "stacks",
                         help="where the stacks are built and cached (default: benchmark-results/stacks)")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
@@ -222,7 +229,7 @@ def estimated_minutes(args: argparse.Namespace) -> float:
 def prepare_stacks(args: argparse.Namespace) -> dict[int, Path]:
     """The input folder of every N any measurement needs, built or reused, its stack in the page cache."""
     counts = set(args.sizes) | set(args.baseline_sizes) | {n for n in (args.options_size, args.phases_size) if n}
-    folders = build_stacks(sorted(counts), args.stack_dir, args.seed)
+    folders = build_stacks(sorted(counts), args.stack_dir, args.seed, args.images)
     for folder in folders.values():
         warm_page_cache(stack_file(folder))
     return folders
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"sizes": args.sizes, "repeats": args.repeats, "baseline_sizes": args.baseline_sizes,
                      "baseline_repeats": args.baseline_repeats, "device": args.device,
                      "options_size": args.options_size, "phases_size": args.phases_size, "seed": args.seed,
-                     "image_mb": IMAGE_MB, "content_sizes_hw": SCANNER_CONTENT_SIZES},
+                     "image_mb": IMAGE_MB, "content_sizes_hw": SCANNER_CONTENT_SIZES,
+                     "images": None if args.images is None else str(args.images.absolute())},
         "stacks": {str(n): {"path": str(stack_file(folder)), "mb": stack_file(folder).stat().st_size / 1e6}
                    for n, folder in folders.items()},
     }

@@ -1,8 +1,11 @@
-"""The benchmark's input: stacks shaped like the challenge's, of synthetic images, built once and cached.
+"""The benchmark's input: stacks shaped like the challenge's, of synthetic images or of a folder of real ones,
+built once and cached.
 
 Each N gets a folder `n<N>/input/` holding one stack of N images of 2400 x 2880 x 3 uint8 (R = G = B),
-synthetic content at the top-left and zero padding, uncompressed MetaImage, and `n<N>/recipe.json`,
-which tells when a cached stack no longer fits the recipe.
+the content at the top-left and zero padding, uncompressed MetaImage, and `n<N>/recipe.json`, which tells
+when a cached stack no longer fits the recipe. Synthetic images hold no skull, so the container takes its
+fallback looks on them (a mirrored or turned image, `algorithm.inference.ORIENTATIONS`), which real
+cephalograms do not: stacks of real images (`images`, under `from-<folder name>/`) time the usual path.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from algorithm.preprocessing import CHALLENGE_HEIGHT, CHALLENGE_LANDMARKS, CHALLENGE_WIDTH
 from training.synthetic import SCANNER_CONTENT_SIZES
 
 CHANNELS = 3
 IMAGE_MB = CHALLENGE_HEIGHT * CHALLENGE_WIDTH * CHANNELS / 1e6
 STACK_FORMAT = 1  # bump when the stack recipe changes: cached stacks are then rebuilt
+IMAGE_ENDINGS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".mha"}
 
 
 def say(message: str) -> None:
@@ -28,14 +34,27 @@ def say(message: str) -> None:
     print(f"{datetime.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
 
 
-def stack_recipe(count: int, seed: int) -> dict:
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted by name (what `--images` makes stacks of)."""
+    files = sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_ENDINGS)
+    if not files:
+        raise SystemExit(f"error: {folder}: no images ({', '.join(sorted(IMAGE_ENDINGS))}) to build stacks of")
+    return files
+
+
+def stack_recipe(count: int, seed: int, images: Path | None = None) -> dict:
     """What a stack of `count` images is made of; a cached stack with another recipe is rebuilt."""
-    return {"format": STACK_FORMAT, "images": count, "seed": seed, "content_sizes": SCANNER_CONTENT_SIZES,
-            "landmarks": CHALLENGE_LANDMARKS, "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
+    content = ({"content_sizes": SCANNER_CONTENT_SIZES, "seed": seed} if images is None else
+               {"from": str(Path(images).absolute()), "files": [path.name for path in image_files(images)][:count]})
+    return {"format": STACK_FORMAT, "images": count, **content, "landmarks": CHALLENGE_LANDMARKS,
+            "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
 
 
-def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Path]:
-    """One input folder per N holding one stack; reused when its recipe and size match."""
+def build_stacks(counts: list[int], stack_root: Path, seed: int, images: Path | None = None) -> dict[int, Path]:
+    """One input folder per N holding one stack (of synthetic images, or of the first N of `images`, repeated where
+    it holds fewer); reused when its recipe and size match."""
+    if images is not None:
+        stack_root = stack_root / f"from-{Path(images).absolute().name}"
     folders: dict[int, Path] = {}
     missing = []
     for count in sorted(set(counts)):
@@ -43,17 +62,19 @@ def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Pa
         stack = folder / "input" / f"stack{count}.mha"
         recipe_file = folder / "recipe.json"
         cached = (stack.is_file() and recipe_file.is_file()
-                  and json.loads(recipe_file.read_text()) == json.loads(json.dumps(stack_recipe(count, seed)))
+                  and json.loads(recipe_file.read_text()) == json.loads(json.dumps(stack_recipe(count, seed, images)))
                   and stack.stat().st_size >= count * IMAGE_MB * 1e6)
         if not cached:
             missing.append(count)
         folders[count] = folder / "input"
     if missing:
         start = time.perf_counter()
-        say(f"building synthetic images for stacks of {missing} (once; cached in {stack_root})")
+        say(f"building {'synthetic images' if images is None else 'images of ' + str(images)} for stacks of "
+            f"{missing} (once; cached in {stack_root})")
         # In a separate process: memory this process keeps would count in every measured child's
         # peak, since a forked child's ru_maxrss includes the pages it shares before exec.
-        builder = multiprocessing.get_context("spawn").Process(target=write_stacks, args=(missing, stack_root, seed))
+        builder = multiprocessing.get_context("spawn").Process(target=write_stacks,
+                                                                 args=(missing, stack_root, seed, images))
         builder.start()
         builder.join()
         if builder.exitcode != 0:
@@ -62,13 +83,26 @@ def build_stacks(counts: list[int], stack_root: Path, seed: int) -> dict[int, Pa
     return folders
 
 
-def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
-    """Write the stacks of the given sizes (synthetic_set is deterministic per seed, so N images
-    are the first N of max(N))."""
+def read_8bit(path: Path) -> np.ndarray:
+    """One image file as 2D uint8 (16-bit ones scaled by their maximum), as the challenge's stacks hold them."""
+    import SimpleITK as sitk
+
+    from training.clinic_exports import to_uint8
+
+    return to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+
+
+def write_stacks(counts: list[int], stack_root: Path, seed: int, images_from: Path | None = None) -> None:
+    """Write the stacks of the given sizes (synthetic_set is deterministic per seed, and a folder's images are
+    taken in order, so N images are the first N of max(N))."""
     from training.pack import write_stack
     from training.synthetic import synthetic_set
 
-    images, _ = synthetic_set(max(counts), CHALLENGE_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
+    if images_from is None:
+        images, _ = synthetic_set(max(counts), CHALLENGE_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
+    else:
+        files = image_files(images_from)
+        images = [read_8bit(files[index % len(files)]) for index in range(max(counts))]
     for count in counts:
         folder = stack_root / f"n{count}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -77,7 +111,7 @@ def write_stacks(counts: list[int], stack_root: Path, seed: int) -> None:
         (folder / "input").mkdir(parents=True)
         partial.rename(folder / "input" / partial.name)
         partial.parent.rmdir()
-        (folder / "recipe.json").write_text(json.dumps(stack_recipe(count, seed), indent=2) + "\n")
+        (folder / "recipe.json").write_text(json.dumps(stack_recipe(count, seed, images_from), indent=2) + "\n")
         say(f"  wrote {folder / 'input' / partial.name}")
 
 

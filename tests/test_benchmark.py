@@ -39,20 +39,25 @@ def steps_called(detector: LandmarkDetector, monkeypatch, run) -> tuple[list[str
     return every, outermost
 
 
-@pytest.mark.parametrize("reframed", [False, True])
-def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_model, monkeypatch, reframed):
-    if reframed:  # the first stage looks again at the skull's frame in every image, an untrained model's too
+@pytest.mark.parametrize("looks", ["one", "reframed", "turned"])
+def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_model, monkeypatch, looks):
+    if looks == "reframed":  # the first stage looks again at the skull's frame in every image, an untrained model's too
         monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
         monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
         monkeypatch.setattr(inference, "off_skull", lambda detection: 0)
     else:  # in none (an untrained model's skulls come in any size, and mostly off a plausible skull)
         monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
         monkeypatch.setattr(inference, "CENTRED_LOOK_ASPECT", np.inf)
+    if looks == "one":  # and no look at a mirrored or turned copy either, which mostly-off skulls would take
+        monkeypatch.setattr(inference, "TURNED_LOOK_SHARE", np.inf)
     images = list(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))
     predicted, profiled = [], []
     in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))
     in_profiler, _ = steps_called(full_model, monkeypatch, lambda: profiled.extend(time_phases(full_model, images)[0]))
-    assert in_predict.count("heatmaps") == (2 if reframed else 1) * len(images)
+    if looks == "turned":  # each image as given and upright each way, and more where an orientation is kept
+        assert in_predict.count("heatmaps") >= (1 + len(inference.ORIENTATIONS)) * len(images)
+    else:
+        assert in_predict.count("heatmaps") == (2 if looks == "reframed" else 1) * len(images)
     assert in_profiler == in_predict
     assert {step for step in STEP_OF_PHASE.values() if step} == set(chained)
     assert len(profiled) == len(predicted) == len(images)
@@ -107,3 +112,30 @@ def test_the_container_benchmark_fails_at_once_without_the_baselines_packages():
         pytest.skip("scikit-image is installed here")
     result = run_module("benchmark.run", "--sizes", 1, "--results-dir", "/nonexistent-never-created")
     assert result.returncode == 2 and "pip install -r benchmark/requirements.txt" in result.stderr
+
+
+def test_stacks_of_a_folders_images_take_them_in_order_repeated_and_are_rebuilt_when_the_folder_changes(tmp_path):
+    from PIL import Image
+
+    from algorithm.reader import ImageStack
+    from benchmark.stacks import build_stacks
+
+    folder = tmp_path / "cephalograms"
+    folder.mkdir()
+    for name, image in zip(("b.png", "a.png"), FIVE_IMAGES):
+        Image.fromarray(image).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    stacks = build_stacks([3], tmp_path / "stacks", seed=0, images=folder)
+    (stack,) = stacks[3].glob("*.mha")
+    read = list(ImageStack(stack).read(range(3)))
+    first, second = FIVE_IMAGES[1], FIVE_IMAGES[0]  # a.png, then b.png
+    for image, expected in zip(read, (first, second, first)):
+        np.testing.assert_array_equal(image[:expected.shape[0], :expected.shape[1], 0], expected)
+        assert image.shape[:2] == (2400, 2880) and not image[expected.shape[0]:].any()
+    built = stack.stat().st_mtime_ns
+    assert build_stacks([3], tmp_path / "stacks", seed=0, images=folder) == stacks and stack.stat().st_mtime_ns == built
+    Image.fromarray(FIVE_IMAGES[2]).save(folder / "0.png")
+    build_stacks([3], tmp_path / "stacks", seed=0, images=folder)
+    (rebuilt,) = stacks[3].glob("*.mha")
+    np.testing.assert_array_equal(next(ImageStack(rebuilt).read([0]))[:FIVE_IMAGES[2].shape[0],
+                                                                      :FIVE_IMAGES[2].shape[1], 0], FIVE_IMAGES[2])
