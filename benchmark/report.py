@@ -20,9 +20,11 @@ def check_goals(results: dict) -> dict[str, dict]:
     for count in counts:
         if count in base:
             ratio = base[count]["s_per_image"] / ours[count]["s_per_image"]
+            # judged on real cephalograms only: synthetic images hold no skull and take every fallback look
+            real = results["settings"].get("images") is not None
             goals[f"speed-up {count}"] = goal(f"N={count}: ours >= {SPEEDUP_GOAL:g}x faster per image than the "
                                               f"baseline (aim {SPEEDUP_AIM:g}x)", round(ratio, 1),
-                                              ratio >= SPEEDUP_GOAL)
+                                              ratio >= SPEEDUP_GOAL if real else None)
         limit, peak = stacks[count]["mb"] + MEMORY_HEADROOM_MB, ours[count]["peak_rss_mb"]
         goals[f"memory {count}"] = goal(f"N={count}: our peak RSS <= stack + {MEMORY_HEADROOM_MB:g} MB "
                                         f"({limit:.0f} MB)", round(peak, 1), peak <= limit)
@@ -48,8 +50,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def verdict(goal: dict | None) -> str:
-    """PASS or FAIL as `check_goals` judged the goal; n/a where there is none (no baseline at that N)."""
-    return "n/a" if goal is None else ("PASS" if goal["pass"] else "FAIL")
+    """PASS or FAIL as `check_goals` judged the goal; n/a where there is none (no baseline at that N), and
+    'worst case' for a speed measured on synthetic images, which is not judged."""
+    if goal is None:
+        return "n/a"
+    return "worst case" if goal["pass"] is None else ("PASS" if goal["pass"] else "FAIL")
 
 
 def render_header(results: dict) -> list[str]:
@@ -60,7 +65,10 @@ def render_header(results: dict) -> list[str]:
             f"ours: python -m algorithm.process --device {settings['device']}, model {model['folder']} "
             f"({model['origin']}), input {model['input_height']} x {model['input_width']}, {model['stages']} "
             f"stage(s) ({model['trained_on']}); medians of {settings['repeats']} run(s); baseline: "
-            f"{settings['baseline_repeats']} run(s)"]
+            f"{settings['baseline_repeats']} run(s)",
+            f"stacks: the images of {settings['images']}" if settings.get("images") else
+            "stacks: synthetic images, which hold no skull, so ours also looks at each mirrored and turned: a worst "
+            "case, its speed-up not judged (--images DIR: real cephalograms)"]
 
 
 def render_sizes(results: dict, goals: dict[str, dict]) -> list[str]:
