@@ -323,14 +323,13 @@ class LandmarkDetector:
         if self.shape is None or max(off_skull(first), off_skull(as_given)) < TURNED_LOOK_SHARE * len(first.points):
             return self.refine(image, geometry, first)
         content = content_of(image, geometry)
-        best: tuple[str, Detection, np.ndarray, ResizeGeometry] | None = None
+        looks = []
         for name, (turn, _) in ORIENTATIONS.items():
             turned = np.ascontiguousarray(turn(content))
             model_input, turned_geometry = self.prepare(turned)
-            look = self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0]
-            if best is None or off_skull(look) < off_skull(best[1]):
-                best = (name, look, turned, turned_geometry)
-        name, look, turned, turned_geometry = best
+            looks.append((name, self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0], turned,
+                          turned_geometry))
+        name, look, turned, turned_geometry = min(looks, key=lambda candidate: off_skull(candidate[1]))
         if 2 * off_skull(look) > off_skull(first):
             return self.refine(image, geometry, first)
         refined = self.refine(turned, turned_geometry, self.reframe(turned, turned_geometry, look))

@@ -33,10 +33,11 @@ from algorithm.output import multiple_points, schema_errors, write_json_atomical
 from algorithm.process import StackLoader, UniqueStacksValidator  # noqa: E402  (and the entry point's imports)
 from algorithm.reader import ImageStack  # noqa: E402
 
-# each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's)
+# each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's); the
+# refine phase's step, upright, first looks at a mirrored or turned copy where the image seems one (synthetic images,
+# which hold no skull, take those looks)
 STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "inference": "heatmaps", "decode": "decode",
-                 "reframe": "reframe", "refine": "upright", "finish": "finish"}  # upright: the second stage, after
-# looks at a mirrored or turned copy where the image seems one (synthetic images, which hold no skull, take them)
+                 "reframe": "reframe", "refine": "upright", "finish": "finish"}
 
 
 def resident_mb() -> dict:

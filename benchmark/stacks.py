@@ -87,7 +87,7 @@ def read_8bit(path: Path) -> np.ndarray:
     """One image file as 2D uint8 (16-bit ones scaled by their maximum), as the challenge's stacks hold them."""
     import SimpleITK as sitk
 
-    from training.clinic_exports import to_uint8
+    from training.data import to_uint8
 
     return to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
 

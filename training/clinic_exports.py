@@ -34,9 +34,8 @@ from tqdm import tqdm
 
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
-from algorithm.preprocessing import strip_padding
 from training.config import TrainConfig
-from training.data import LandmarkData, load_sources
+from training.data import LandmarkData, load_sources, to_uint8
 from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
                               gross_errors, per_landmark, radial_errors_mm, summarize)
 from training.split import part_or_all
@@ -198,14 +197,6 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
     "rotated a quarter": rotated, "tilted 15 degrees": tilted,
 }
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A 2D 8-bit copy of one data-set image (16-bit ones scaled by their maximum)."""
-    gray = strip_padding(image)
-    if gray.dtype == np.uint8:
-        return np.ascontiguousarray(gray)
-    return np.clip(gray.astype(np.float64) * (255.0 / max(1.0, float(gray.max()))), 0, 255).astype(np.uint8)
 
 
 def score_framings(detector: LandmarkDetector, datasets: list[LandmarkData], splits: dict[str, list[int]],

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.preprocessing import ResizeGeometry, prepare
+from algorithm.preprocessing import ResizeGeometry, prepare, strip_padding
 from algorithm.reader import ImageStack
 
 
@@ -48,6 +48,14 @@ class LandmarkData:
         else:
             for i in wanted:
                 yield sitk.GetArrayFromImage(sitk.ReadImage(str(self.images[i])))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A 2D 8-bit copy of one data-set image (16-bit ones scaled by their maximum)."""
+    gray = strip_padding(image)
+    if gray.dtype == np.uint8:
+        return np.ascontiguousarray(gray)
+    return np.clip(gray.astype(np.float64) * (255.0 / max(1.0, float(gray.max()))), 0, 255).astype(np.uint8)
 
 
 def read_ground_truth(path: Path, num_images: int | None = None):
