@@ -3,7 +3,8 @@
 The first stage finds every landmark on the resized image; a shape model, when the metadata has one,
 moves a landmark that cannot be where it is to another peak of its heatmap or to the skull's estimate
 (`algorithm.shape`); an image whose landmarks mostly fit no skull is also read mirrored and turned a
-quarter, in case it was exported so; a second stage looks again at a full-resolution crop about each landmark
+quarter, in case it was exported so, and a skull turned further than any training skull is read in a copy turned
+level; a second stage looks again at a full-resolution crop about each landmark
 (`algorithm.crops`) and is overruled where it leaves the skull. Every landmark ends inside its image.
 """
 
@@ -23,7 +24,8 @@ from algorithm.crops import refine_landmarks
 from algorithm.devices import DEVICES, DeviceError, nvidia_gpu_visible
 from algorithm.errors import describe
 from algorithm.metadata import DEFAULT_MODEL_DIR, METADATA_FILE, MODEL_FILE, ModelError, ModelMetadata
-from algorithm.preprocessing import ResizeGeometry, is_constant, prepare, prepare_region, strip_padding
+from algorithm.preprocessing import (ResizeGeometry, is_constant, prepare, prepare_region, strip_padding,
+                                     turn_points, turned_image)
 from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
 logger = logging.getLogger(__name__)
@@ -318,10 +320,10 @@ class LandmarkDetector:
         at it turned upright each way; the orientation with the fewest landmarks off the skull is kept if it at least
         halves those of `first`, re-framed and refined there as an upright image would be, and its landmarks mapped
         back (its shape fit and frame, which hold in the upright copy only, are dropped). Otherwise `first` is refined
-        as it is. Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan
+        as it is. Either is levelled first where its skull is turned beyond training's (`level`). Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan
         images turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright."""
         if self.shape is None or max(off_skull(first), off_skull(as_given)) < TURNED_LOOK_SHARE * len(first.points):
-            return self.refine(image, geometry, first)
+            return self.level(image, geometry, first)
         content = content_of(image, geometry)
         looks = []
         for name, (turn, _) in ORIENTATIONS.items():
@@ -331,12 +333,37 @@ class LandmarkDetector:
                           turned_geometry))
         name, look, turned, turned_geometry = min(looks, key=lambda candidate: off_skull(candidate[1]))
         if 2 * off_skull(look) > off_skull(first):
-            return self.refine(image, geometry, first)
-        refined = self.refine(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
+            return self.level(image, geometry, first)
+        refined = self.level(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
         points = ORIENTATIONS[name][1](refined.points, *content.shape)
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "
             f"against {off_skull(first)} as given, so they were found in the upright copy",))
+
+    def level(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Steps 3e and 4: where `first` finds a skull turned further than any training skull (a film scanned askew,
+        a head tipped in the cephalostat), the first stage looks again at a copy of the image turned about the skull's
+        centre to the training skulls' median angle, re-framed as usual; the copy's look is kept if it puts no more
+        landmarks off a plausible skull, refined there, and its landmarks turned back (its shape fit, which holds in the
+        copy only, is dropped; its frame's height, a length, stays). Otherwise `first` is refined as it is."""
+        if self.shape is None or finds_no_skull(first) or not (turn := self.shape.levelling_turn(first.shape_fit)):
+            return self.refine(image, geometry, first)
+        centre = first.shape_fit.centre_xy
+        levelled = turned_image(content_of(image, geometry), centre, turn)
+        model_input, levelled_geometry = self.prepare(levelled)
+        look = self.reframe(levelled, levelled_geometry,
+                            self.decode(self.heatmaps(model_input[None]), [levelled_geometry])[0])
+        tilt = (f"the skull is turned {abs(turn):.0f} degrees {'anticlockwise' if turn > 0 else 'clockwise'} from "
+                "the training skulls' median pose, beyond any of theirs")
+        if off_skull(look) > off_skull(first):
+            refined = self.refine(image, geometry, first)
+            return replace(refined, notes=refined.notes + (
+                f"{tilt}; a copy turned level put {off_skull(look)} landmark(s) off the skull against "
+                f"{off_skull(first)}: the image is read as it is",))
+        refined = self.refine(levelled, levelled_geometry, look)
+        return replace(refined, points=turn_points(refined.points, centre, -turn), shape_fit=None,
+                       notes=refined.notes + (f"{tilt}: its landmarks were found in a copy turned level about the "
+                                              "skull's centre",))
 
     def refine(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
         """Step 4 (with a second stage): look again at a full-resolution crop about each landmark; where the

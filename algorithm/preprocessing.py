@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 
 # The challenge's stack: every image at the top-left, zero-padded at the right and bottom to this
@@ -220,3 +221,23 @@ def prepare_region(content: np.ndarray, left: int, top: int, width: int, height:
     resized = resize(region, input_height, input_width)
     return (normalize(resized, normalization, reference=inside),
             ResizeGeometry(height, width, input_height, input_width, left, top))
+
+
+def turn_points(points_xy: np.ndarray, centre_xy: np.ndarray, degrees: float) -> np.ndarray:
+    """(K, 2) pixel positions (x, y) turned by `degrees` about `centre_xy`, clockwise on screen (y points down)."""
+    turn = np.exp(1j * np.radians(degrees))
+    centre = complex(*centre_xy)
+    points = np.asarray(points_xy, dtype=np.float64)
+    turned = (points[:, 0] + 1j * points[:, 1] - centre) * turn + centre
+    return np.stack([turned.real, turned.imag], axis=1)
+
+
+def turned_image(content: np.ndarray, centre_xy: np.ndarray, degrees: float) -> np.ndarray:
+    """A 2D image turned by `degrees` about `centre_xy` as `turn_points` turns points, on the same canvas (float32,
+    bilinear): what falls outside it is cut, and where nothing of the image lands it holds the image's mean grey,
+    which the model sees as it sees a frame reaching past the image (`prepare_region`)."""
+    source = sitk.GetImageFromArray(np.asarray(content, dtype=np.float32))
+    # Resampling maps each output pixel back to where it came from: the turn undone.
+    back = sitk.Euler2DTransform([float(centre_xy[0]), float(centre_xy[1])], -float(np.radians(degrees)))
+    fill = float(np.mean(content, dtype=np.float64))
+    return sitk.GetArrayFromImage(sitk.Resample(source, source, back, sitk.sitkLinear, fill, sitk.sitkFloat32))

@@ -61,6 +61,16 @@ class ShapeFit:
     z: np.ndarray  # (K,) residual / spread
 
     @property
+    def degrees(self) -> float:
+        """How far the skull is turned from the mean shape, clockwise on screen (y points down)."""
+        return float(np.degrees(np.angle(self.factor)))
+
+    @property
+    def centre_xy(self) -> np.ndarray:
+        """(2,) the fitted skull's centre (the mean shape's), in image pixels."""
+        return to_xy(self.offset)
+
+    @property
     def estimate_xy(self) -> np.ndarray:
         """(K, 2) where the fitted shape puts each landmark, in image pixels."""
         return to_xy(self.factor * self.shape + self.offset)
@@ -81,6 +91,9 @@ class ShapeModel:
     # Where training images frame the skull: the frame's centre (x, y) and size (width, height) in model units,
     # about the mean shape; None: not recorded, no re-framing.
     frame: list | None = None
+    # How far training images turn the skull: the lowest, median and highest angle of their shapes' fits (degrees,
+    # `ShapeFit.degrees`); None: not recorded, no levelling.
+    angles: list | None = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean, dtype=np.float64)
@@ -93,6 +106,9 @@ class ShapeModel:
         if self.frame is not None and not (len(self.frame) == 4 and np.isfinite(self.frame).all()
                                            and min(self.frame[2:]) > 0):
             raise ValueError("shape.frame is not a centre (x, y) and a positive width and height")
+        if self.angles is not None and not (len(self.angles) == 3 and np.isfinite(self.angles).all()
+                                            and self.angles[0] <= self.angles[1] <= self.angles[2]):
+            raise ValueError("shape.angles is not the lowest, median and highest angle in degrees, in that order")
         if not (np.isfinite(mean).all() and np.isfinite(modes).all() and (variances > 0).all()
                 and (spread > 0).all() and self.outlier_z > 0 and self.candidates >= 1):
             raise ValueError("shape: values must be finite, variances, spreads and outlier_z positive")
@@ -172,6 +188,14 @@ class ShapeModel:
         centre = to_xy(fit.factor * complex(*self.frame[:2]) + fit.offset)
         size = abs(fit.factor) * np.asarray(self.frame[2:], dtype=np.float64)
         return np.concatenate([centre - size / 2, size])
+
+    def levelling_turn(self, fit: ShapeFit) -> float:
+        """Degrees to turn an image by, about the skull's centre, so that a skull turned beyond any training shape
+        sits at their median angle; 0 for one within their range (or where the range is not recorded)."""
+        if self.angles is None:
+            return 0.0
+        lowest, median, highest = self.angles
+        return 0.0 if lowest <= fit.degrees <= highest else median - fit.degrees
 
     def plausibility(self, z: np.ndarray) -> np.ndarray:
         """A factor in (0, 1] for the confidence: near 1 well inside the spread, e^-2 at `outlier_z`."""

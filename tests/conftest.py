@@ -25,7 +25,7 @@ from algorithm.metadata import ModelMetadata
 from algorithm.output import schema_errors
 from training.split import make_split
 from training.pack import write_stack
-from training.shape_model import build_shape_model, training_frame
+from training.shape_model import build_shape_model, training_pose
 from training.synthetic import synthetic_landmarks, synthetic_set
 
 TINY_CONFIG = REPO / "training" / "configs" / "tiny.json"
@@ -143,7 +143,8 @@ def full_model_dir(tmp_path_factory, untrained_model) -> Path:
     shapes = np.stack([synthetic_landmarks(*FULL_MODEL_FRAME, UNTRAINED_LANDMARKS, rng) for _ in range(40)])
     metadata = ModelMetadata.load(folder)
     metadata.shape = build_shape_model(shapes)
-    metadata.shape.frame = training_frame(metadata.shape, shapes, np.tile(FULL_MODEL_FRAME[::-1], (40, 1)))
+    metadata.shape.frame, metadata.shape.angles = training_pose(metadata.shape, shapes,
+                                                                np.tile(FULL_MODEL_FRAME[::-1], (40, 1)))
     metadata.save(folder)
     return folder
 

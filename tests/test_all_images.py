@@ -100,6 +100,27 @@ def test_a_shape_model_without_validation_images_or_split_run_is_refused(exporte
     assert "no validation images to measure the detector's precision on, and no split run" in result.stderr
 
 
+def test_the_pose_alone_is_measured_again_for_a_shape_model_whose_split_run_is_gone(exported, tmp_path):
+    """--pose-only keeps the mean, modes and spreads (which need the split run) and measures the training frame and
+    angles from the recorded training split alone: the frame as the export measured it, the angles added."""
+    model = Path(shutil.copytree(exported, tmp_path / "model"))
+    metadata = ModelMetadata.load(model)
+    metadata.training["config"]["split_run"] = ""
+    metadata.shape.angles = None
+    metadata.save(model)
+    result = run_module("training.shape_model", "--model", model, "--pose-only")
+    assert result.returncode == 0, result.stderr
+    measured, built = ModelMetadata.load(model).shape, ModelMetadata.load(exported).shape
+    np.testing.assert_allclose(measured.frame, built.frame, rtol=1e-12)
+    assert measured.angles == built.angles and measured.spread == built.spread
+    lowest, median, highest = measured.angles
+    assert lowest <= median <= highest and "training angles" in result.stdout
+    metadata.shape = None
+    metadata.save(model)
+    result = run_module("training.shape_model", "--model", model, "--pose-only")
+    assert result.returncode == 1 and "holds no shape model to measure the pose for" in result.stderr
+
+
 def test_all_images_cannot_resume_or_take_other_data(runs, synthetic_dataset):
     refused = run_module("training.train", "--all-images", runs[0], "--resume")
     assert refused.returncode == 2 and "resume a run on every image with --output ITS_FOLDER --resume" in refused.stderr

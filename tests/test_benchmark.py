@@ -39,12 +39,18 @@ def steps_called(detector: LandmarkDetector, monkeypatch, run) -> tuple[list[str
     return every, outermost
 
 
-@pytest.mark.parametrize("looks", ["one", "reframed", "turned"])
+@pytest.mark.parametrize("looks", ["one", "reframed", "turned", "levelled"])
 def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_model, monkeypatch, looks):
-    if looks == "reframed":  # the first stage looks again at the skull's frame in every image, an untrained model's too
+    # an untrained model's skulls come turned any way: levelled only where asked, every one of them then
+    monkeypatch.setattr(full_model.shape, "angles", [0.0, 0.0, 0.0] if looks == "levelled" else None)
+    if looks in ("reframed", "levelled"):  # every image's skull is found, an untrained model's too
+        monkeypatch.setattr(inference, "off_skull", lambda detection: 0)
+    if looks == "reframed":  # and the first stage looks again at its frame
         monkeypatch.setattr(inference, "REFRAME_BELOW", np.inf)
         monkeypatch.setattr(inference, "REFRAME_SMALLEST", 0.0)
-        monkeypatch.setattr(inference, "off_skull", lambda detection: 0)
+    elif looks == "levelled":  # and not at its frame: the image as given, then its copy turned level
+        monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)
+        monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
     else:  # in none (an untrained model's skulls come in any size, and mostly off a plausible skull)
         monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
         monkeypatch.setattr(inference, "CENTRED_LOOK_ASPECT", np.inf)
@@ -57,7 +63,9 @@ def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_mo
     if looks == "turned":  # each image as given and upright each way, and more where an orientation is kept
         assert in_predict.count("heatmaps") >= (1 + len(inference.ORIENTATIONS)) * len(images)
     else:
-        assert in_predict.count("heatmaps") == (2 if looks == "reframed" else 1) * len(images)
+        assert in_predict.count("heatmaps") == (1 if looks == "one" else 2) * len(images)
+    assert in_predict.count("level") == len(images) and (looks == "levelled") == all(
+        any("copy turned level" in note for note in detection.notes) for detection in predicted)
     assert in_profiler == in_predict
     assert {step for step in STEP_OF_PHASE.values() if step} == set(chained)
     assert len(profiled) == len(predicted) == len(images)

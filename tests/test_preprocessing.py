@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from algorithm.preprocessing import (CONSTANT_SAMPLE_STEP, EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant,
-                                    normalize, prepare, prepare_region, resize, to_grayscale)
+                                    normalize, prepare, prepare_region, resize, to_grayscale, turn_points,
+                                    turned_image)
 
 INPUT_HEIGHT, INPUT_WIDTH = 128, 96
 
@@ -230,3 +231,23 @@ def test_a_region_past_the_image_is_filled_with_what_the_training_zoom_out_pads_
     np.testing.assert_allclose(model_input[:, :40], 0, atol=1e-5)
     np.testing.assert_allclose(model_input[:, 40:], normalize(resize(content, 50, 40), "zscore", reference=content),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("degrees", [25.0, -40.0, 90.0])
+def test_a_turned_image_holds_each_pixel_where_the_turned_points_say(degrees):
+    """The container reads a tilted skull in a copy turned level and turns the landmarks back with `turn_points`:
+    a dot must land in the copy where its point is turned to (clockwise on screen for positive degrees), and what
+    the turn brings in from outside the image is the image's mean grey."""
+    image = np.full((120, 160), 10, dtype=np.uint8)
+    image[30, 120] = 250  # x 120, y 30
+    centre = np.array([70.0, 55.0])
+    copy = turned_image(image, centre, degrees)
+    assert copy.shape == image.shape and copy.dtype == np.float32
+    row, column = np.unravel_index(np.argmax(copy), copy.shape)
+    expected = turn_points(np.array([[120.0, 30.0]]), centre, degrees)[0]
+    assert np.hypot(column - expected[0], row - expected[1]) <= 1
+    if degrees == 90.0:  # clockwise: above the centre goes to its right, right of it to below
+        np.testing.assert_allclose(expected, [70 + 25, 55 + 50])
+    np.testing.assert_allclose(turn_points(turn_points(np.array([[3.0, 4.0]]), centre, degrees), centre, -degrees),
+                               [[3.0, 4.0]])
+    assert copy[0, 0] == pytest.approx(image.mean(), abs=1e-3) or copy[-1, -1] == pytest.approx(image.mean(), abs=1e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from algorithm.codec import HeatmapCodec
 from algorithm.inference import Detection
 from algorithm.metadata import ModelMetadata
 from algorithm.shape import REESTIMATED_PROBABILITY, ShapeModel, to_complex, to_xy
-from training.shape_model import build_shape_model, detection_spread, procrustes
+from training.shape_model import build_shape_model, detection_spread, procrustes, training_pose
 from training.synthetic import synthetic_image, synthetic_landmarks
 from tests.conftest import FULL_MODEL_FRAME, UNTRAINED_LANDMARKS
 
@@ -123,6 +125,10 @@ def test_the_metadata_keeps_the_shape_model_and_refuses_a_mismatched_one(model, 
     loaded = ModelMetadata.load(tmp_path)
     points = skull(np.random.default_rng(6))
     np.testing.assert_allclose(loaded.shape.fit(points).z, model.fit(points).z)
+    assert loaded.shape.angles is None  # a shape model from before angles were recorded: no levelling
+    metadata.shape = replace(model, angles=[-12.5, -5.0, 8.0])
+    metadata.save(tmp_path)
+    assert ModelMetadata.load(tmp_path).shape.angles == [-12.5, -5.0, 8.0]
     with pytest.raises(ValueError, match="12 landmarks"):
         ModelMetadata(landmark_names=["a", "b", "c"], codec=HeatmapCodec(128, 96, 2, 1.5), shape=model)
 
@@ -316,3 +322,79 @@ def test_a_mirrored_or_quarter_turned_image_is_read_upright_and_its_landmarks_ma
     if how != "upright":
         assert looks[0] is False and looks.count(True) == 1
         assert "upright copy" in result.notes[-1] and ("mirrored" in result.notes[-1]) == (how == "mirrored")
+
+
+@pytest.mark.parametrize("tilt, copy_off, levelled", [(25.0, 0, True), (-25.0, 0, True), (0.0, 0, False),
+                                                       (25.0, 2, False)])
+def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_landmarks_turned_back(
+        full_model, monkeypatch, tilt, copy_off, levelled):
+    """A skull tilted 25 degrees either way (training's synthetic skulls turn by a few) is looked at again in a copy
+    turned about its centre to the training skulls' median angle, and its landmarks come back where its own discs
+    are; a skull within training's angles takes no extra look, and a copy whose look puts more landmarks off the
+    skull is not used."""
+    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)  # no second look at the skull's frame
+    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
+    monkeypatch.setattr(full_model, "refinement", None)
+    height, width = FULL_MODEL_FRAME
+    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(14))
+    image_centre = complex(width - 1, height - 1) / 2
+    # anticlockwise on screen, y pointing down: a factor of e^(-i tilt)
+    tilted = to_xy((to_complex(truth) - image_centre) * np.exp(-1j * np.radians(tilt)) + image_centre)
+    image = synthetic_image(height, width, tilted, np.random.default_rng(15))
+    lowest, median, highest = full_model.shape.angles
+    assert highest - lowest < 20  # the synthetic skulls' own turns: 25 degrees lies beyond them either way
+    seen, real_prepare = [], full_model.prepare
+    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+
+    def decode(_heatmaps, _geometries):
+        points, off = tilted, 0
+        if len(seen) == 2:  # the copy: where a perfect network would see each disc, which must be there
+            fit = full_model.shape.fit(tilted)
+            points = to_xy((to_complex(tilted) - fit.offset) * np.exp(1j * np.radians(median - fit.degrees))
+                           + fit.offset)
+            inside = np.all((points >= 2) & (points < [width - 2, height - 2]), axis=1)
+            x, y = np.round(points[inside]).astype(int).T
+            tx, ty = np.round(tilted[inside]).astype(int).T
+            assert inside.sum() >= UNTRAINED_LANDMARKS - 3
+            np.testing.assert_allclose(seen[1][y, x], image[ty, tx], atol=15)
+            assert abs(full_model.shape.fit(points).degrees - median) < 1e-6
+            off = copy_off
+        return [Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
+                          np.arange(UNTRAINED_LANDMARKS) < off)]
+
+    monkeypatch.setattr(full_model, "decode", decode)
+    result = next(full_model.predict([image]))
+    if tilt == 0:
+        assert len(seen) == 1 and not result.notes
+        return
+    assert len(seen) == 2
+    np.testing.assert_allclose(result.points, np.clip(tilted, 0, [width - 1, height - 1]), atol=1e-6)
+    if levelled:
+        assert "copy turned level about" in result.notes[-1] and result.shape_fit is None
+    else:
+        assert result.notes[-1].endswith("the image is read as it is")
+
+
+def test_the_levelling_turn_brings_only_a_skull_beyond_trainings_angles_to_their_median(model):
+    rng = np.random.default_rng(16)
+    points = skull(rng, noise=0)
+    fit = model.fit(points)
+    model_with_angles = replace(model, angles=[fit.degrees - 10, fit.degrees - 3, fit.degrees + 10])
+    assert model_with_angles.levelling_turn(fit) == 0 and model.levelling_turn(fit) == 0  # within; not recorded
+    turned = to_xy(to_complex(points) * np.exp(1j * np.radians(30)))  # 30 degrees clockwise on screen
+    assert model_with_angles.levelling_turn(model.fit(turned)) == pytest.approx(-33, abs=1e-6)
+    with pytest.raises(ValueError, match="angles"):
+        replace(model, angles=[5, 0, 10])
+
+
+def test_the_training_angles_are_those_of_the_training_skulls_fits(model):
+    """Skulls all turned 20 degrees further give angles 20 degrees further, and the frame's size is unchanged."""
+    rng = np.random.default_rng(17)
+    shapes = np.stack([skull(rng) for _ in range(30)])
+    sizes = np.tile([1600.0, 2000.0], (30, 1))
+    frame, angles = training_pose(model, shapes, sizes)
+    turned = to_xy((to_complex(shapes) - 1000) * np.exp(1j * np.radians(20)) + 1000)
+    turned_frame, turned_angles = training_pose(model, turned, sizes)
+    np.testing.assert_allclose(turned_angles, np.add(angles, 20), atol=1e-6)
+    assert angles[0] < angles[1] < angles[2]
+    np.testing.assert_allclose(turned_frame[2:], frame[2:], rtol=1e-6)

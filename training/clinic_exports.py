@@ -8,8 +8,8 @@ export instead: a landscape detector frame, a viewer screenshot with black side 
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
 tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
 ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
-(the patient facing left), one turned a quarter clockwise (a portrait film stored on its side) and one tilted
-15 degrees (a film scanned askew). The landmarks
+(the patient facing left), one turned a quarter clockwise (a portrait film stored on its side) and two tilted
+(15 degrees anticlockwise and 25 clockwise: a film scanned askew). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
 same doctors. A data set given with --data that the model never trained on is re-framed whole: a new
 centre's images as its clinics send them, the closest this project comes to the hidden unseen centre.
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from algorithm.inference import LandmarkDetector
 from algorithm.metadata import DEFAULT_MODEL_DIR, ModelMetadata
+from algorithm.preprocessing import turn_points
 from training.config import TrainConfig
 from training.data import LandmarkData, load_sources, to_uint8
 from training.metrics import (GROSS_COUNT, GROSS_ERROR_MM, SDR_THRESHOLDS_MM, confidence_report, format_table,
@@ -173,18 +174,16 @@ def rotated(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
                   np.stack([image.shape[0] - 1 - points[:, 1], points[:, 0]], 1), spacing)
 
 
-# The tilted framing's turn, in degrees anticlockwise: beyond training's rotations of up to 10 degrees.
-TILT_DEGREES = 15.0
+def tilted(degrees: float) -> Callable[[np.ndarray, np.ndarray, float], Framed]:
+    """A framing turned `degrees` anticlockwise on screen (clockwise where negative) about the image's centre on the
+    same canvas (corners cut, black fill): a film scanned askew, or a head tipped in the cephalostat. Training turns
+    images by up to 10 degrees."""
+    def tilt(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+        turned = Image.fromarray(image).rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=0)
+        return Framed(np.asarray(turned), turn_points(points, (np.array(image.shape[::-1]) - 1) / 2, -degrees),
+                      spacing)
 
-
-def tilted(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
-    """Turned 15 degrees anticlockwise about the image's centre on the same canvas (corners cut, black fill): a film
-    scanned askew, or a head tipped in the cephalostat."""
-    turned = Image.fromarray(image).rotate(TILT_DEGREES, resample=Image.Resampling.BILINEAR, fillcolor=0)
-    angle, centre = np.radians(TILT_DEGREES), (np.array(image.shape[::-1]) - 1) / 2
-    x, y = (points - centre).T  # anticlockwise on screen, with y pointing down
-    return Framed(np.asarray(turned), np.stack([x * np.cos(angle) + y * np.sin(angle),
-                                                -x * np.sin(angle) + y * np.cos(angle)], 1) + centre, spacing)
+    return tilt
 
 
 def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
@@ -195,7 +194,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
     "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
-    "rotated a quarter": rotated, "tilted 15 degrees": tilted,
+    "rotated a quarter": rotated, "tilted 15 degrees": tilted(15.0), "tilted 25 degrees clockwise": tilted(-25.0),
 }
 
 

@@ -1,6 +1,6 @@
 """Build the statistical shape model from training landmarks and store it with a model.
 
-    python -m training.shape_model --model algorithm/model [--overwrite]
+    python -m training.shape_model --model algorithm/model [--overwrite | --pose-only]
 
 It is built from the ground truth of the model's own training split (the split its metadata
 records) and from how far the model's first stage errs on the validation split, so the container's
@@ -107,20 +107,23 @@ def build_shape_model(truth_xy: np.ndarray, detector_spread: np.ndarray | None =
                       num_shapes=int(complete.sum()))
 
 
-def training_frame(model: ShapeModel, truth_xy: np.ndarray, sizes_wh: np.ndarray) -> list[float]:
-    """Where (N, K, 2) training landmarks sit in their (N, 2) image sizes, as the frame's centre (x, y) and size
-    (width, height) about the mean shape, in model units: what the container re-frames an odd image to."""
-    centres, sizes = [], []
+def training_pose(model: ShapeModel, truth_xy: np.ndarray, sizes_wh: np.ndarray) -> tuple[list[float], list[float]]:
+    """How (N, K, 2) training landmarks sit in their (N, 2) image sizes: the frame's centre (x, y) and size (width,
+    height) about the mean shape in model units, what the container re-frames an odd image to; and the lowest, median
+    and highest angle of their fits in degrees, beyond which it turns an image level."""
+    centres, sizes, angles = [], [], []
     for points, size in zip(truth_xy, np.asarray(sizes_wh, dtype=np.float64)):
         if not np.isfinite(points).all():
             continue
         fit = model.fit(points)
         centres.append((complex(*((size - 1) / 2)) - fit.offset) / fit.factor)
         sizes.append(size / abs(fit.factor))
+        angles.append(fit.degrees)
     if not centres:
         raise ValueError("no complete training shape to measure the training frame on")
     centre = np.mean(centres)
-    return [float(centre.real), float(centre.imag), *map(float, np.mean(sizes, axis=0))]
+    frame = [float(centre.real), float(centre.imag), *map(float, np.mean(sizes, axis=0))]
+    return frame, [float(np.min(angles)), float(np.median(angles)), float(np.max(angles))]
 
 
 def detection_spread(error_xy: np.ndarray, truth_xy: np.ndarray) -> np.ndarray:
@@ -132,19 +135,23 @@ def detection_spread(error_xy: np.ndarray, truth_xy: np.ndarray) -> np.ndarray:
     return np.nanmedian(lengths, axis=0) / RAYLEIGH_MEDIAN
 
 
-def shape_model_of(model_dir: Path, metadata: ModelMetadata) -> ShapeModel:
-    """The shape model of an exported first stage, from the data sets and the split its metadata records."""
+def recorded_sources(model_dir: Path, metadata: ModelMetadata) -> tuple[TrainConfig, list[LandmarkData], Split]:
+    """An exported first stage's training configuration, data sets and split, as its metadata records them."""
     config = TrainConfig.from_dict(metadata.training.get("config", {}))
     if not config.sources():
         raise ValueError("its metadata records no training data to build a shape model from")
     datasets = load_sources(config.sources(), metadata.landmark_names)
-    split = recorded_split(metadata.training.get("split"), datasets, str(model_dir))
+    return config, datasets, recorded_split(metadata.training.get("split"), datasets, str(model_dir))
+
+
+def shape_model_of(model_dir: Path, metadata: ModelMetadata) -> ShapeModel:
+    """The shape model of an exported first stage, from the data sets and the split its metadata records."""
+    config, datasets, split = recorded_sources(model_dir, metadata)
     return shape_model_for(model_dir, split, datasets, config.split_run)
 
 
-def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData], split_run: str = "") -> ShapeModel:
-    """The shape model of a trained first stage: training-split ground truth and frames, and the detector's
-    errors on validation images (a model trained on every image has none: its split run's are used)."""
+def training_shapes(split: Split, datasets: list[LandmarkData]) -> tuple[np.ndarray, np.ndarray]:
+    """The training split's (N, K, 2) ground-truth landmarks and (N, 2) image sizes (width, height)."""
     truth, sizes = [], []
     for data in datasets:
         indices = split[data.name]["train"]
@@ -152,6 +159,13 @@ def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData],
         images = tqdm(data.read_images(indices), total=len(indices), desc=f"{data.name}: training image sizes",
                       unit="image")
         sizes += [strip_padding(image).shape[::-1] for image in images]
+    return np.concatenate(truth), np.array(sizes)
+
+
+def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData], split_run: str = "") -> ShapeModel:
+    """The shape model of a trained first stage: training-split ground truth and frames, and the detector's
+    errors on validation images (a model trained on every image has none: its split run's are used)."""
+    truth, sizes = training_shapes(split, datasets)
     if validated(datasets, split):
         errors, val_truth = validation_errors(exported_first_stage(model_dir), split, datasets)
     elif split_run:
@@ -160,9 +174,16 @@ def shape_model_for(model_dir: Path, split: Split, datasets: list[LandmarkData],
     else:
         raise ValueError("no validation images to measure the detector's precision on, and no split run "
                          "(config split_run) whose validation images could stand in")
-    model = build_shape_model(np.concatenate(truth), detection_spread(errors, val_truth))
-    model.frame = training_frame(model, np.concatenate(truth), np.array(sizes))
+    model = build_shape_model(truth, detection_spread(errors, val_truth))
+    model.frame, model.angles = training_pose(model, truth, sizes)
     return model
+
+
+def measure_pose(model_dir: Path, metadata: ModelMetadata) -> tuple[list[float], list[float]]:
+    """The training frame and angles of a model's existing shape model, from its recorded training split: for a
+    shape model built before angles were recorded, whose split run (for the spreads) may be gone."""
+    _, datasets, split = recorded_sources(model_dir, metadata)
+    return training_pose(metadata.shape, *training_shapes(split, datasets))
 
 
 SetPredictor = Callable[[LandmarkData, list[int]], np.ndarray]  # a set's chosen images -> (N, K, 2) landmarks
@@ -203,18 +224,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.shape_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a shape model the metadata already holds")
+    parser.add_argument("--pose-only", action="store_true",
+                        help="keep the shape model's mean, modes and spreads and measure again only where training "
+                             "images frame the skull and how far they turn it (frame and angles), from the recorded "
+                             "training split: for a shape model from before angles were recorded")
     args = parser.parse_args(argv)
     try:
         metadata = ModelMetadata.load(args.model)
-        if metadata.shape is not None and not args.overwrite:
+        if args.pose_only:
+            if metadata.shape is None:
+                raise ValueError("its metadata holds no shape model to measure the pose for; build one without "
+                                 "--pose-only")
+            previous = metadata.shape.frame
+            metadata.shape.frame, metadata.shape.angles = measure_pose(args.model, metadata)
+            if previous is not None:
+                print(f"training frame: largest change {np.abs(np.subtract(metadata.shape.frame, previous)).max():.2g} "
+                      "model units")
+        elif metadata.shape is not None and not args.overwrite:
             raise ValueError("its metadata already holds a shape model; add --overwrite to build it again")
-        metadata.shape = shape_model_of(args.model, metadata)
+        else:
+            metadata.shape = shape_model_of(args.model, metadata)
     except (OSError, ValueError) as error:
         print(f"error: {args.model}: {error}", file=sys.stderr)
         return 1
     metadata.save(args.model)
-    print(f"wrote a shape model of {metadata.shape.num_shapes} training shapes ({len(metadata.shape.variances)} modes) "
-          f"to {args.model}/metadata.json")
+    lowest, median, highest = metadata.shape.angles
+    print(f"wrote a shape model of {metadata.shape.num_shapes} training shapes ({len(metadata.shape.variances)} modes, "
+          f"training angles {lowest:.1f} to {highest:.1f} degrees, median {median:.1f}) to {args.model}/metadata.json")
     return 0
 
 
