@@ -2,8 +2,8 @@
 
 The first stage finds every landmark on the resized image; a shape model, when the metadata has one,
 moves a landmark that cannot be where it is to another peak of its heatmap or to the skull's estimate
-(`algorithm.shape`); an image whose landmarks mostly fit no skull is also read mirrored and turned a
-quarter, in case it was exported so, and a skull turned further than any training skull is read in a copy turned
+(`algorithm.shape`); an image whose landmarks mostly fit no skull is also read mirrored, flipped and turned,
+in case it was exported so, and a skull turned further than any training skull is read in a copy turned
 level; a second stage looks again at a full-resolution crop about each landmark
 (`algorithm.crops`) and is overruled where it leaves the skull. Every landmark ends inside its image.
 """
@@ -53,14 +53,23 @@ REFRAME_TOLERANCE = 2
 # centred across it: a viewer screenshot or landscape canvas unsqueezed. Trained on Hamedan and scored on ISBI
 # viewer screenshots, 4 of 150 first looks found no skull there, and a second look at the skull's frame needs one.
 CENTRED_LOOK_ASPECT = 1.1
-# A look that puts at least this share of its landmarks off any plausible skull may be of a mirrored image (the
-# patient facing left) or one turned a quarter: the shipped model put 8-17 of 19 off on such copies of Hamedan
+# A look that puts at least this share of its landmarks off any plausible skull may be of a mirrored, flipped or
+# turned image (`ORIENTATIONS`): the shipped model put 8-17 of 19 off on mirrored and quarter-turned copies of Hamedan
 # images (a 109-117 mm MRE), 0 on every upright one.
 TURNED_LOOK_SHARE = 0.25
 
 
+# Each orientation's map back: (K, 2) points found in the upright copy to the (height, width) image as given.
 def _mirrored_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([width - 1 - points[:, 0], points[:, 1]], axis=1)
+
+
+def _flipped_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.stack([points[:, 0], height - 1 - points[:, 1]], axis=1)
+
+
+def _half_turn_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.stack([width - 1 - points[:, 0], height - 1 - points[:, 1]], axis=1)
 
 
 def _anticlockwise_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -71,12 +80,24 @@ def _clockwise_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([points[:, 1], height - 1 - points[:, 0]], axis=1)
 
 
-# How an image may have been exported, with what turns it upright and what maps (K, 2) points found in the upright
-# copy back to the (height, width) image as given.
+def _transposed_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    return points[:, ::-1].copy()
+
+
+def _anti_transposed_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.stack([width - 1 - points[:, 1], height - 1 - points[:, 0]], axis=1)
+
+
+# How an image may have been exported (every reflection and turn of the rectangle), with what turns it upright and
+# what maps points found in the upright copy back.
 ORIENTATIONS = {
     "mirrored (the patient facing left)": (lambda content: content[:, ::-1], _mirrored_back),
     "turned a quarter clockwise": (lambda content: np.rot90(content, 1), _anticlockwise_back),
     "turned a quarter anticlockwise": (lambda content: np.rot90(content, -1), _clockwise_back),
+    "upside down (turned a half)": (lambda content: content[::-1, ::-1], _half_turn_back),
+    "flipped top to bottom (rows stored bottom-up)": (lambda content: content[::-1], _flipped_back),
+    "mirrored and turned a quarter anticlockwise": (lambda content: content.T, _transposed_back),
+    "mirrored and turned a quarter clockwise": (lambda content: content[::-1, ::-1].T, _anti_transposed_back),
 }
 
 
@@ -316,13 +337,16 @@ class LandmarkDetector:
 
     def upright(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection, as_given: Detection) -> Detection:
         """Steps 3d and 4: where the look at the image as given, or the look kept after re-framing (`first`), puts many
-        landmarks off any plausible skull, the image may be mirrored or turned a quarter, so the first stage looks once
-        at it turned upright each way; the orientation with the fewest landmarks off the skull is kept if it at least
-        halves those of `first`, re-framed and refined there as an upright image would be, and its landmarks mapped
-        back (its shape fit and frame, which hold in the upright copy only, are dropped). Otherwise `first` is refined
-        as it is. Either is levelled first where its skull is turned beyond training's (`level`). Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan
-        images turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright."""
-        if self.shape is None or max(off_skull(first), off_skull(as_given)) < TURNED_LOOK_SHARE * len(first.points):
+        landmarks off any plausible skull, the image may be mirrored, flipped or turned (`ORIENTATIONS`), so the first
+        stage looks once at it made upright each way; the orientation with the fewest landmarks off the skull is kept if
+        it at least halves those of `first`, re-framed and refined there as an upright image would be, and its
+        landmarks mapped back (its shape fit and frame, which hold in the upright copy only, are dropped). Otherwise
+        `first` is refined as it is. Either is levelled first where its skull is turned beyond training's (`level`).
+        Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan images
+        turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright. A look with a few
+        landmarks off, on a skull turned beyond any training skull, is searched too: two of those images mirrored and
+        turned a quarter anticlockwise put 4 of 19 off, on skulls 25-29 degrees beyond training's, and none upright."""
+        if self.shape is None or not self.may_be_turned(first, as_given):
             return self.level(image, geometry, first)
         content = content_of(image, geometry)
         looks = []
@@ -339,6 +363,13 @@ class LandmarkDetector:
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "
             f"against {off_skull(first)} as given, so they were found in the upright copy",))
+
+    def may_be_turned(self, first: Detection, as_given: Detection) -> bool:
+        """Whether the image may be mirrored, flipped or turned: a look puts at least `TURNED_LOOK_SHARE` of the
+        landmarks off any plausible skull, or `first` puts some off a skull turned beyond any training skull."""
+        if max(off_skull(first), off_skull(as_given)) >= TURNED_LOOK_SHARE * len(first.points):
+            return True
+        return off_skull(first) > 0 and not finds_no_skull(first) and self.shape.levelling_turn(first.shape_fit) != 0
 
     def level(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
         """Steps 3e and 4: where `first` finds a skull turned further than any training skull (a film scanned askew,

@@ -172,7 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "one; --no-refine keeps the first stage's landmarks (default: --refine)")
     parser.add_argument("--shape-check", action=argparse.BooleanOptionalAction, default=True,
                         help="keep each image's landmarks on a plausible skull with the model's shape model, when "
-                        "it has one (default: --shape-check)")
+                        "it has one, and take the steps that rest on it: a second look at the skull's usual frame, "
+                        "a mirrored, flipped or turned image read upright, a tilted skull read level "
+                        "(default: --shape-check)")
     return parser.parse_args(argv)
 
 

@@ -270,6 +270,28 @@ def test_a_first_look_that_finds_no_skull_in_a_wide_image_looks_at_its_centre_at
     assert result.notes[-1].endswith(f"at the model's aspect put {off_centred}, and is kept")
 
 
+# what the log must say each export was
+EXPORTED_AS = {"mirrored": "mirrored", "clockwise": "turned a quarter clockwise",
+               "anticlockwise": "turned a quarter anticlockwise", "upside down": "upside down",
+               "flipped top to bottom": "flipped top to bottom",
+               "mirrored, then turned clockwise": "mirrored and turned a quarter clockwise",
+               "mirrored, then turned anticlockwise": "mirrored and turned a quarter anticlockwise"}
+
+
+def _first_looks_only(detector: inference.LandmarkDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second look at the skull's frame and no second stage: the test sees the first stage's looks alone."""
+    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)
+    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
+    monkeypatch.setattr(detector, "refinement", None)
+
+
+def _upright_skull() -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic upright skull of the full model's frame: its (K, 2) landmarks and its image."""
+    height, width = FULL_MODEL_FRAME
+    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(11))
+    return truth, synthetic_image(height, width, truth, np.random.default_rng(12))
+
+
 def _turned(upright: np.ndarray, points: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     """An upright image and its (K, 2) landmarks as a clinic might export them instead (forward maps, written here
     independently of the container's maps back)."""
@@ -281,21 +303,27 @@ def _turned(upright: np.ndarray, points: np.ndarray, how: str) -> tuple[np.ndarr
         return np.rot90(upright, -1), np.stack([height - 1 - y, x], 1)
     if how == "anticlockwise":
         return np.rot90(upright, 1), np.stack([y, width - 1 - x], 1)
+    if how == "upside down":
+        return upright[::-1, ::-1], np.stack([width - 1 - x, height - 1 - y], 1)
+    if how == "flipped top to bottom":
+        return upright[::-1], np.stack([x, height - 1 - y], 1)
+    if how == "mirrored, then turned clockwise":
+        return np.rot90(upright[:, ::-1], -1), np.stack([height - 1 - y, width - 1 - x], 1)
+    if how == "mirrored, then turned anticlockwise":
+        return np.rot90(upright[:, ::-1], 1), np.stack([y, x], 1)
     return upright, points
 
 
-@pytest.mark.parametrize("how", ["mirrored", "clockwise", "anticlockwise", "upright", "no skull either way"])
-def test_a_mirrored_or_quarter_turned_image_is_read_upright_and_its_landmarks_mapped_back(full_model, monkeypatch,
-                                                                                          how):
-    """The network finds the skull only in the upright copy (elsewhere its peaks fall anywhere): a mirrored image or
-    one turned a quarter gets its landmarks where its own skull is, saying so; an upright one takes no extra look, and
-    one with no skull in any orientation keeps its first look."""
-    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)  # no second look at the skull's frame
-    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
-    monkeypatch.setattr(full_model, "refinement", None)
-    height, width = FULL_MODEL_FRAME
-    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(11))
-    upright = synthetic_image(height, width, truth, np.random.default_rng(12))
+@pytest.mark.parametrize("how", ["mirrored", "clockwise", "anticlockwise", "upside down", "flipped top to bottom",
+                                 "mirrored, then turned clockwise", "mirrored, then turned anticlockwise", "upright",
+                                 "no skull either way"])
+def test_a_mirrored_flipped_or_turned_image_is_read_upright_and_its_landmarks_mapped_back(full_model, monkeypatch,
+                                                                                         how):
+    """The network finds the skull only in the upright copy (elsewhere its peaks fall anywhere): an image exported in
+    any of the seven other orientations of its rectangle gets its landmarks where its own skull is, saying which;
+    an upright one takes no extra look, and one with no skull in any orientation keeps its first look."""
+    _first_looks_only(full_model, monkeypatch)
+    truth, upright = _upright_skull()
     image, expected = _turned(upright, truth, how)
     upright_input, upright_geometry = full_model.prepare(upright)
     codec, rng, looks = full_model.codec, np.random.default_rng(13), []
@@ -321,7 +349,42 @@ def test_a_mirrored_or_quarter_turned_image_is_read_upright_and_its_landmarks_ma
     assert np.abs(result.points - expected).max() < pixel
     if how != "upright":
         assert looks[0] is False and looks.count(True) == 1
-        assert "upright copy" in result.notes[-1] and ("mirrored" in result.notes[-1]) == (how == "mirrored")
+        assert "upright copy" in result.notes[-1] and f"the image looks {EXPORTED_AS[how]}" in result.notes[-1]
+
+
+@pytest.mark.parametrize("off_as_given", [2, 0])
+def test_a_few_landmarks_off_a_skull_turned_beyond_trainings_start_the_search_for_the_upright_copy(
+        full_model, monkeypatch, off_as_given):
+    """A transposed image (mirrored and turned a quarter) can fool the first look into a skull turned beyond any
+    training skull with only a few landmarks off, too few to suspect the orientation by count: the search runs on
+    it and reads the upright copy; the same look with none off is only levelled."""
+    _first_looks_only(full_model, monkeypatch)
+    truth, upright = _upright_skull()
+    image, expected = _turned(upright, truth, "mirrored, then turned anticlockwise")
+    fit = full_model.shape.fit(truth)
+    turned_further = full_model.shape.angles[2] + 15 - fit.degrees
+    fooled = to_xy((to_complex(truth) - fit.offset) * np.exp(1j * np.radians(turned_further)) + fit.offset)
+    assert full_model.shape.levelling_turn(full_model.shape.fit(fooled)) != 0
+    assert off_as_given < inference.TURNED_LOOK_SHARE * UNTRAINED_LANDMARKS
+    seen, real_prepare = [], full_model.prepare
+    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+
+    def is_upright(given: np.ndarray) -> bool:
+        return given.shape == upright.shape and np.array_equal(given, upright)
+
+    def decode(_heatmaps, _geometries):
+        points, off = (truth, 0) if is_upright(seen[-1]) else (fooled, off_as_given if len(seen) == 1 else 10)
+        return [Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
+                          np.arange(UNTRAINED_LANDMARKS) < off)]
+
+    monkeypatch.setattr(full_model, "decode", decode)
+    result = next(full_model.predict([np.ascontiguousarray(image)]))
+    if off_as_given == 0:
+        assert not any(is_upright(given) for given in seen)
+        assert any(note.endswith("the image is read as it is") for note in result.notes)
+        return
+    np.testing.assert_allclose(result.points, expected, atol=1e-6)
+    assert "the image looks mirrored and turned a quarter anticlockwise" in result.notes[-1]
 
 
 @pytest.mark.parametrize("tilt, copy_off, levelled", [(25.0, 0, True), (-25.0, 0, True), (0.0, 0, False),
@@ -332,9 +395,7 @@ def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_
     turned about its centre to the training skulls' median angle, and its landmarks come back where its own discs
     are; a skull within training's angles takes no extra look, and a copy whose look puts more landmarks off the
     skull is not used."""
-    monkeypatch.setattr(inference, "REFRAME_BELOW", 0.0)  # no second look at the skull's frame
-    monkeypatch.setattr(inference, "REFRAME_ABOVE", np.inf)
-    monkeypatch.setattr(full_model, "refinement", None)
+    _first_looks_only(full_model, monkeypatch)
     height, width = FULL_MODEL_FRAME
     truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(14))
     image_centre = complex(width - 1, height - 1) / 2

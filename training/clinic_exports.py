@@ -8,8 +8,9 @@ export instead: a landscape detector frame, a viewer screenshot with black side 
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
 tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
 ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
-(the patient facing left), one turned a quarter clockwise (a portrait film stored on its side) and two tilted
-(15 degrees anticlockwise and 25 clockwise: a film scanned askew). The landmarks
+(the patient facing left), one turned a quarter clockwise (a portrait film stored on its side), one upside down,
+one flipped top to bottom (rows stored bottom-up) and two tilted (15 degrees anticlockwise and 25 clockwise: a film
+scanned askew). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
 same doctors. A data set given with --data that the model never trained on is re-framed whole: a new
 centre's images as its clinics send them, the closest this project comes to the hidden unseen centre.
@@ -174,6 +175,19 @@ def rotated(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
                   np.stack([image.shape[0] - 1 - points[:, 1], points[:, 0]], 1), spacing)
 
 
+def upside_down(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Turned a half: a film digitised upside down."""
+    height, width = image.shape
+    return Framed(np.ascontiguousarray(image[::-1, ::-1]),
+                  np.stack([width - 1 - points[:, 0], height - 1 - points[:, 1]], 1), spacing)
+
+
+def flipped(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+    """Flipped top to bottom: rows stored bottom-up (as BMP files and some converters store them)."""
+    return Framed(np.ascontiguousarray(image[::-1]), np.stack([points[:, 0], image.shape[0] - 1 - points[:, 1]], 1),
+                  spacing)
+
+
 def tilted(degrees: float) -> Callable[[np.ndarray, np.ndarray, float], Framed]:
     """A framing turned `degrees` anticlockwise on screen (clockwise where negative) about the image's centre on the
     same canvas (corners cut, black fill): a film scanned askew, or a head tipped in the cephalostat. Training turns
@@ -194,7 +208,8 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
     "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
-    "rotated a quarter": rotated, "tilted 15 degrees": tilted(15.0), "tilted 25 degrees clockwise": tilted(-25.0),
+    "rotated a quarter": rotated, "upside down": upside_down, "flipped top to bottom": flipped,
+    "tilted 15 degrees": tilted(15.0), "tilted 25 degrees clockwise": tilted(-25.0),
 }
 
 
