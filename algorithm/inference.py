@@ -338,9 +338,10 @@ class LandmarkDetector:
     def upright(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection, as_given: Detection) -> Detection:
         """Steps 3d and 4: where the look at the image as given, or the look kept after re-framing (`first`), puts many
         landmarks off any plausible skull, the image may be mirrored, flipped or turned (`ORIENTATIONS`), so the first
-        stage looks once at it made upright each way; the orientation with the fewest landmarks off the skull is kept if
-        it at least halves those of `first`, re-framed and refined there as an upright image would be, and its
-        landmarks mapped back (its shape fit and frame, which hold in the upright copy only, are dropped). Otherwise
+        stage looks at it made upright each way (stopping at a look with none off); the orientation with the fewest
+        landmarks off the skull is kept if it at least halves those of `first`, re-framed and refined there as an
+        upright image would be, and its landmarks mapped back (its shape fit and frame, which hold in the upright copy
+        only, are dropped). Otherwise
         `first` is refined as it is. Either is levelled first where its skull is turned beyond training's (`level`).
         Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan images
         turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright. A look with a few
@@ -355,6 +356,8 @@ class LandmarkDetector:
             model_input, turned_geometry = self.prepare(turned)
             looks.append((name, self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0], turned,
                           turned_geometry))
+            if off_skull(looks[-1][1]) == 0:
+                break  # none can do better, and min() keeps the first of equals
         name, look, turned, turned_geometry = min(looks, key=lambda candidate: off_skull(candidate[1]))
         if 2 * off_skull(look) > off_skull(first):
             return self.level(image, geometry, first)
