@@ -59,45 +59,37 @@ CENTRED_LOOK_ASPECT = 1.1
 TURNED_LOOK_SHARE = 0.25
 
 
-# Each orientation's map back: (K, 2) points found in the upright copy to the (height, width) image as given.
-def _mirrored_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([width - 1 - points[:, 0], points[:, 1]], axis=1)
+@dataclass(frozen=True)
+class Orientation:
+    """One way an image may have been stored, as what makes it upright: transposed or not, then its rows and its
+    columns reversed or not (the seven combinations other than none are every reflection and turn of the rectangle)."""
+
+    transposed: bool
+    rows_reversed: bool
+    columns_reversed: bool
+
+    def upright(self, content: np.ndarray) -> np.ndarray:
+        """The (H, W) image as given, made upright (a view)."""
+        turned = content.T if self.transposed else content
+        return turned[::-1 if self.rows_reversed else 1, ::-1 if self.columns_reversed else 1]
+
+    def points_back(self, points: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(K, 2) points found in the upright copy to the (height, width) image as given."""
+        upright_height, upright_width = (width, height) if self.transposed else (height, width)
+        x = upright_width - 1 - points[:, 0] if self.columns_reversed else points[:, 0]
+        y = upright_height - 1 - points[:, 1] if self.rows_reversed else points[:, 1]
+        return np.stack([y, x] if self.transposed else [x, y], axis=1)
 
 
-def _flipped_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([points[:, 0], height - 1 - points[:, 1]], axis=1)
-
-
-def _half_turn_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([width - 1 - points[:, 0], height - 1 - points[:, 1]], axis=1)
-
-
-def _anticlockwise_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([width - 1 - points[:, 1], points[:, 0]], axis=1)
-
-
-def _clockwise_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([points[:, 1], height - 1 - points[:, 0]], axis=1)
-
-
-def _transposed_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return points[:, ::-1].copy()
-
-
-def _anti_transposed_back(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([width - 1 - points[:, 1], height - 1 - points[:, 0]], axis=1)
-
-
-# How an image may have been exported (every reflection and turn of the rectangle), with what turns it upright and
-# what maps points found in the upright copy back.
+# How an image may have been exported, named as the log says it.
 ORIENTATIONS = {
-    "mirrored (the patient facing left)": (lambda content: content[:, ::-1], _mirrored_back),
-    "turned a quarter clockwise": (lambda content: np.rot90(content, 1), _anticlockwise_back),
-    "turned a quarter anticlockwise": (lambda content: np.rot90(content, -1), _clockwise_back),
-    "upside down (turned a half)": (lambda content: content[::-1, ::-1], _half_turn_back),
-    "flipped top to bottom (rows stored bottom-up)": (lambda content: content[::-1], _flipped_back),
-    "mirrored and turned a quarter anticlockwise": (lambda content: content.T, _transposed_back),
-    "mirrored and turned a quarter clockwise": (lambda content: content[::-1, ::-1].T, _anti_transposed_back),
+    "mirrored (the patient facing left)": Orientation(False, False, True),
+    "turned a quarter clockwise": Orientation(True, True, False),
+    "turned a quarter anticlockwise": Orientation(True, False, True),
+    "upside down (turned a half)": Orientation(False, True, True),
+    "flipped top to bottom (rows stored bottom-up)": Orientation(False, True, False),
+    "mirrored and turned a quarter anticlockwise": Orientation(True, False, False),
+    "mirrored and turned a quarter clockwise": Orientation(True, True, True),
 }
 
 
@@ -341,8 +333,8 @@ class LandmarkDetector:
         stage looks at it made upright each way (stopping at a look with none off); the orientation with the fewest
         landmarks off the skull is kept if it at least halves those of `first`, re-framed and refined there as an
         upright image would be, and its landmarks mapped back (its shape fit and frame, which hold in the upright copy
-        only, are dropped). Otherwise
-        `first` is refined as it is. Either is levelled first where its skull is turned beyond training's (`level`).
+        only, are dropped). Otherwise `first` is refined as it is. Either is levelled first where its skull is turned
+        beyond training's (`level`).
         Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan images
         turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright. A look with a few
         landmarks off, on a skull turned beyond any training skull, is searched too: two of those images mirrored and
@@ -351,8 +343,8 @@ class LandmarkDetector:
             return self.level(image, geometry, first)
         content = content_of(image, geometry)
         looks = []
-        for name, (turn, _) in ORIENTATIONS.items():
-            turned = np.ascontiguousarray(turn(content))
+        for name, orientation in ORIENTATIONS.items():
+            turned = np.ascontiguousarray(orientation.upright(content))
             model_input, turned_geometry = self.prepare(turned)
             looks.append((name, self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0], turned,
                           turned_geometry))
@@ -362,7 +354,7 @@ class LandmarkDetector:
         if 2 * off_skull(look) > off_skull(first):
             return self.level(image, geometry, first)
         refined = self.level(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
-        points = ORIENTATIONS[name][1](refined.points, *content.shape)
+        points = ORIENTATIONS[name].points_back(refined.points, *content.shape)
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "
             f"against {off_skull(first)} as given, so they were found in the upright copy",))
@@ -372,7 +364,12 @@ class LandmarkDetector:
         landmarks off any plausible skull, or `first` puts some off a skull turned beyond any training skull."""
         if max(off_skull(first), off_skull(as_given)) >= TURNED_LOOK_SHARE * len(first.points):
             return True
-        return off_skull(first) > 0 and not finds_no_skull(first) and self.shape.levelling_turn(first.shape_fit) != 0
+        return off_skull(first) > 0 and self.levelling_turn(first) != 0
+
+    def levelling_turn(self, detection: Detection) -> float:
+        """Degrees to turn the image by to bring the skull `detection` found to the training skulls' median angle; 0
+        where it lies within their range or where it finds no skull."""
+        return 0.0 if finds_no_skull(detection) else self.shape.levelling_turn(detection.shape_fit)
 
     def level(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
         """Steps 3e and 4: where `first` finds a skull turned further than any training skull (a film scanned askew,
@@ -380,7 +377,7 @@ class LandmarkDetector:
         centre to the training skulls' median angle, re-framed as usual; the copy's look is kept if it puts no more
         landmarks off a plausible skull, refined there, and its landmarks turned back (its shape fit, which holds in the
         copy only, is dropped; its frame's height, a length, stays). Otherwise `first` is refined as it is."""
-        if self.shape is None or finds_no_skull(first) or not (turn := self.shape.levelling_turn(first.shape_fit)):
+        if self.shape is None or not (turn := self.levelling_turn(first)):
             return self.refine(image, geometry, first)
         centre = first.shape_fit.centre_xy
         levelled = turned_image(content_of(image, geometry), centre, turn)
