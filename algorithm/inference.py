@@ -3,8 +3,8 @@
 The first stage finds every landmark on the resized image; a shape model, when the metadata has one,
 moves a landmark that cannot be where it is to another peak of its heatmap or to the skull's estimate
 (`algorithm.shape`); an image whose landmarks mostly fit no skull is also read mirrored, flipped and turned,
-in case it was exported so, and a skull turned further than any training skull is read in a copy turned
-level; a second stage looks again at a full-resolution crop about each landmark
+in case it was exported so, then tilted either way, and a skull turned further than any training skull is read
+in a copy turned level; a second stage looks again at a full-resolution crop about each landmark
 (`algorithm.crops`) and is overruled where it leaves the skull. Every landmark ends inside its image.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +30,7 @@ from algorithm.preprocessing import (ResizeGeometry, is_constant, prepare, prepa
 from algorithm.shape import REESTIMATED_PROBABILITY, DegenerateShape, ShapeFit, ShapeModel
 
 logger = logging.getLogger(__name__)
+Key = TypeVar("Key")  # what names one copy of an image in a search (an orientation's name, a turn in degrees)
 
 # An image whose content is smaller than this on a side, or constant, holds nothing the model can find.
 MIN_CONTENT_SIDE = 64
@@ -57,6 +59,12 @@ CENTRED_LOOK_ASPECT = 1.1
 # turned image (`ORIENTATIONS`): the shipped model put 8-17 of 19 off on mirrored and quarter-turned copies of Hamedan
 # images (a 109-117 mm MRE), 0 on every upright one.
 TURNED_LOOK_SHARE = 0.25
+# A reading that still puts `TURNED_LOOK_SHARE` or more of its landmarks off the skull after the orientation search
+# may be of a skull turned too far for the model to find at all (so too far to level): the first stage looks at
+# copies turned this many degrees (clockwise, then anticlockwise, on screen) about the image's centre. Trained on
+# Hamedan alone, the first stage reads ISBI images tilted 15 degrees as well as upright ones, but lost 6 of 150
+# tilted 25 degrees, with 10-15 of 19 landmarks off the skull.
+TILT_SEARCH_DEGREES = (20.0, -20.0)
 
 
 @dataclass(frozen=True)
@@ -333,31 +341,36 @@ class LandmarkDetector:
         stage looks at it made upright each way (stopping at a look with none off); the orientation with the fewest
         landmarks off the skull is kept if it at least halves those of `first`, re-framed and refined there as an
         upright image would be, and its landmarks mapped back (its shape fit and frame, which hold in the upright copy
-        only, are dropped). Otherwise `first` is refined as it is. Either is levelled first where its skull is turned
-        beyond training's (`level`).
+        only, are dropped). Otherwise `first` is refined as it is. Either is first looked at in tilted copies where it
+        still puts many landmarks off the skull (`straighten`), and levelled where its skull is turned beyond training's
+        (`level`).
         Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan images
         turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright. A look with a few
         landmarks off, on a skull turned beyond any training skull, is searched too: two of those images mirrored and
         turned a quarter anticlockwise put 4 of 19 off, on skulls 25-29 degrees beyond training's, and none upright."""
         if self.shape is None or not self.may_be_turned(first, as_given):
-            return self.level(image, geometry, first)
+            return self.straighten(image, geometry, first)
         content = content_of(image, geometry)
-        looks = []
-        for name, orientation in ORIENTATIONS.items():
-            turned = np.ascontiguousarray(orientation.upright(content))
-            model_input, turned_geometry = self.prepare(turned)
-            looks.append((name, self.decode(self.heatmaps(model_input[None]), [turned_geometry])[0], turned,
-                          turned_geometry))
-            if off_skull(looks[-1][1]) == 0:
-                break  # none can do better, and min() keeps the first of equals
-        name, look, turned, turned_geometry = min(looks, key=lambda candidate: off_skull(candidate[1]))
+        name, look, turned, turned_geometry = self.best_look(
+            (name, np.ascontiguousarray(orientation.upright(content))) for name, orientation in ORIENTATIONS.items())
         if 2 * off_skull(look) > off_skull(first):
-            return self.level(image, geometry, first)
-        refined = self.level(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
+            return self.straighten(image, geometry, first)
+        refined = self.straighten(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
         points = ORIENTATIONS[name].points_back(refined.points, *content.shape)
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "
             f"against {off_skull(first)} as given, so they were found in the upright copy",))
+
+    def best_look(self, copies: Iterable[tuple[Key, np.ndarray]]) -> tuple[Key, Detection, np.ndarray, ResizeGeometry]:
+        """The first stage's look at each (key, image) copy in turn, stopping at one that puts no landmark off the
+        skull: the look with the fewest off (the first of equals), with its key, image and geometry."""
+        looks = []
+        for key, copy in copies:
+            model_input, copy_geometry = self.prepare(copy)
+            looks.append((key, self.decode(self.heatmaps(model_input[None]), [copy_geometry])[0], copy, copy_geometry))
+            if off_skull(looks[-1][1]) == 0:
+                break  # none can do better, and min() keeps the first of equals
+        return min(looks, key=lambda candidate: off_skull(candidate[1]))
 
     def may_be_turned(self, first: Detection, as_given: Detection) -> bool:
         """Whether the image may be mirrored, flipped or turned: a look puts at least `TURNED_LOOK_SHARE` of the
@@ -366,13 +379,41 @@ class LandmarkDetector:
             return True
         return off_skull(first) > 0 and self.levelling_turn(first) != 0
 
+    def straighten(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
+        """Step 3e: where `first`, the reading kept so far, still puts `TURNED_LOOK_SHARE` or more of its landmarks
+        off any plausible skull, the skull may be tilted too far for the model to find, so the first stage looks at
+        copies of the image turned `TILT_SEARCH_DEGREES` about its centre (stopping at a look with none off); the
+        one with the fewest landmarks off is kept if it at least halves those of `first` and the skull it finds,
+        turned back, lies beyond the training skulls' angles in the image as given (otherwise the copy found an
+        upright skull tilted: a different look, not a tilted skull made upright), then re-framed, levelled and
+        refined there, and its landmarks turned back (its shape fit, which holds in the copy only, is dropped).
+        Otherwise, or where the model records no training angles, `first` is levelled and refined as it is
+        (`level`)."""
+        if self.shape is None or self.shape.angles is None or off_skull(first) < TURNED_LOOK_SHARE * len(first.points):
+            return self.level(image, geometry, first)
+        content = content_of(image, geometry)
+        centre = (np.array(content.shape[::-1], dtype=np.float64) - 1) / 2
+        degrees, look, turned, turned_geometry = self.best_look(
+            (degrees, turned_image(content, centre, degrees)) for degrees in TILT_SEARCH_DEGREES)
+        # turning an image by t degrees turns its skull by t: the copy's skull, turned back, is the image's
+        tilted_as_given = look.shape_fit is not None and self.shape.beyond_angles(look.shape_fit.degrees - degrees)
+        if 2 * off_skull(look) > off_skull(first) or not tilted_as_given:
+            return self.level(image, geometry, first)
+        refined = self.level(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
+        direction = "clockwise" if degrees > 0 else "anticlockwise"
+        return replace(refined, points=turn_points(refined.points, centre, -degrees), shape_fit=None,
+                       notes=refined.notes + (
+                           f"{off_skull(first)} of {len(first.points)} landmarks fit no plausible skull as it stands: "
+                           f"a copy turned {abs(degrees):.0f} degrees {direction} put {off_skull(look)} off, so they "
+                           "were found there",))
+
     def levelling_turn(self, detection: Detection) -> float:
         """Degrees to turn the image by to bring the skull `detection` found to the training skulls' median angle; 0
         where it lies within their range or where it finds no skull."""
         return 0.0 if finds_no_skull(detection) else self.shape.levelling_turn(detection.shape_fit)
 
     def level(self, image: np.ndarray, geometry: ResizeGeometry, first: Detection) -> Detection:
-        """Steps 3e and 4: where `first` finds a skull turned further than any training skull (a film scanned askew,
+        """Steps 3f and 4: where `first` finds a skull turned further than any training skull (a film scanned askew,
         a head tipped in the cephalostat), the first stage looks again at a copy of the image turned about the skull's
         centre to the training skulls' median angle, re-framed as usual; the copy's look is kept if it puts no more
         landmarks off a plausible skull, refined there, and its landmarks turned back (its shape fit, which holds in the

@@ -192,10 +192,15 @@ class ShapeModel:
     def levelling_turn(self, fit: ShapeFit) -> float:
         """Degrees to turn an image by, about the skull's centre, so that a skull turned beyond any training shape
         sits at their median angle; 0 for one within their range (or where the range is not recorded)."""
+        return self.angles[1] - fit.degrees if self.beyond_angles(fit.degrees) else 0.0
+
+    def beyond_angles(self, degrees: float) -> bool:
+        """Whether a skull turned `degrees` from the mean shape (clockwise on screen) lies outside the training
+        skulls' angles; False where they are not recorded."""
         if self.angles is None:
-            return 0.0
-        lowest, median, highest = self.angles
-        return 0.0 if lowest <= fit.degrees <= highest else median - fit.degrees
+            return False
+        lowest, _, highest = self.angles
+        return not lowest <= (degrees + 180) % 360 - 180 <= highest
 
     def plausibility(self, z: np.ndarray) -> np.ndarray:
         """A factor in (0, 1] for the confidence: near 1 well inside the spread, e^-2 at `outlier_z`."""

@@ -11,6 +11,7 @@ from algorithm import inference
 from algorithm.codec import HeatmapCodec
 from algorithm.inference import Detection
 from algorithm.metadata import ModelMetadata
+from algorithm.preprocessing import turn_points
 from algorithm.shape import REESTIMATED_PROBABILITY, ShapeModel, to_complex, to_xy
 from training.shape_model import build_shape_model, detection_spread, procrustes, training_pose
 from training.synthetic import synthetic_image, synthetic_landmarks
@@ -437,6 +438,85 @@ def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_
         assert result.notes[-1].endswith("the image is read as it is")
 
 
+@pytest.mark.parametrize("skull_tilt, copies_looked_at", [(20.0, 2), (-20.0, 1), (None, 2), (0.0, 0)])
+def test_a_skull_found_in_no_orientation_is_looked_for_in_copies_tilted_either_way(full_model, monkeypatch,
+                                                                                  skull_tilt, copies_looked_at):
+    """A network that finds a skull only where its discs stand upright (10 of 19 landmarks off elsewhere, so no
+    orientation helps): an image whose skull is tilted 20 degrees either way is read in the copy turned back, its
+    landmarks turned back onto its own discs; with no skull in any copy the first look stays, and a look with fewer
+    than a quarter of the landmarks off takes no tilted copy."""
+    _first_looks_only(full_model, monkeypatch)
+    height, width = FULL_MODEL_FRAME
+    truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(18))
+    centre = np.array([width - 1, height - 1]) / 2
+    tilted = turn_points(truth, centre, skull_tilt or 0.0)  # clockwise on screen where positive
+    image = synthetic_image(height, width, tilted, np.random.default_rng(19))
+    inside = np.all((tilted >= 2) & (tilted < [width - 2, height - 2]), axis=1)
+    assert inside.sum() >= UNTRAINED_LANDMARKS - 3
+    seen, real_prepare = [], full_model.prepare
+    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+
+    def sees_upright_skull(given: np.ndarray) -> bool:
+        """Whether `given` holds the image's discs where the upright skull's landmarks are (a perfect network)."""
+        if skull_tilt is None or given.shape != image.shape:
+            return False
+        x, y = np.round(truth[inside]).astype(int).T
+        tx, ty = np.round(tilted[inside]).astype(int).T
+        return bool(np.all(np.abs(given[y, x].astype(float) - image[ty, tx]) < 15))
+
+    def decode(_heatmaps, _geometries):
+        if skull_tilt == 0.0:
+            points, off = truth, 3
+        else:
+            points, off = (truth, 0) if len(seen) > 1 and sees_upright_skull(seen[-1]) else (tilted, 10)
+        return [Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
+                          np.arange(UNTRAINED_LANDMARKS) < off)]
+
+    monkeypatch.setattr(full_model, "decode", decode)
+    result = next(full_model.predict([image]))
+    tilt_notes = [note for note in result.notes if "so they were found there" in note]
+    if copies_looked_at == 0:
+        assert len(seen) == 1 and not tilt_notes
+        return
+    assert len(seen) == 1 + len(inference.ORIENTATIONS) + copies_looked_at
+    np.testing.assert_allclose(result.points, np.clip(tilted, 0, [width - 1, height - 1]), atol=1e-6)
+    if skull_tilt is None:
+        assert not tilt_notes
+        return
+    turned_back = "anticlockwise" if skull_tilt > 0 else "clockwise"
+    assert tilt_notes == [f"10 of {UNTRAINED_LANDMARKS} landmarks fit no plausible skull as it stands: a copy turned "
+                          f"20 degrees {turned_back} put 0 off, so they were found there"]
+    assert result.shape_fit is None
+
+
+def test_a_tilted_copy_that_finds_an_upright_skull_turned_is_not_used(full_model, monkeypatch):
+    """A bad first look (10 of 19 off) at an upright skull: the copy turned 20 degrees finds the skull, but turned
+    as the copy turns it, so the image as given holds an upright skull; that copy is a different look, not a tilted
+    skull made upright, and the first look stays."""
+    _first_looks_only(full_model, monkeypatch)
+    height, width = FULL_MODEL_FRAME
+    drawn = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(20))
+    truth = turn_points(drawn, drawn.mean(axis=0), full_model.shape.angles[1] - full_model.shape.fit(drawn).degrees)
+    first_look = truth + 5.0
+    centre = np.array([width - 1, height - 1]) / 2
+    image = synthetic_image(height, width, truth, np.random.default_rng(21))
+    seen, real_prepare = [], full_model.prepare
+    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+
+    def decode(_heatmaps, _geometries):
+        in_first_copy = len(seen) == 2 + len(inference.ORIENTATIONS)
+        points, off = ((turn_points(truth, centre, inference.TILT_SEARCH_DEGREES[0]), 0) if in_first_copy
+                       else (first_look, 10))
+        return [Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
+                          np.arange(UNTRAINED_LANDMARKS) < off)]
+
+    monkeypatch.setattr(full_model, "decode", decode)
+    result = next(full_model.predict([image]))
+    assert len(seen) == 2 + len(inference.ORIENTATIONS)  # the first copy put none off: the search stopped there
+    np.testing.assert_allclose(result.points, first_look, atol=1e-6)
+    assert not any("so they were found there" in note for note in result.notes)
+
+
 def test_the_levelling_turn_brings_only_a_skull_beyond_trainings_angles_to_their_median(model):
     rng = np.random.default_rng(16)
     points = skull(rng, noise=0)
@@ -445,6 +525,8 @@ def test_the_levelling_turn_brings_only_a_skull_beyond_trainings_angles_to_their
     assert model_with_angles.levelling_turn(fit) == 0 and model.levelling_turn(fit) == 0  # within; not recorded
     turned = to_xy(to_complex(points) * np.exp(1j * np.radians(30)))  # 30 degrees clockwise on screen
     assert model_with_angles.levelling_turn(model.fit(turned)) == pytest.approx(-33, abs=1e-6)
+    assert model_with_angles.beyond_angles(fit.degrees + 30) and model_with_angles.beyond_angles(fit.degrees - 11)
+    assert not model_with_angles.beyond_angles(fit.degrees + 9 + 360) and not model.beyond_angles(fit.degrees + 90)
     with pytest.raises(ValueError, match="angles"):
         replace(model, angles=[5, 0, 10])
 
