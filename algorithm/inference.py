@@ -343,7 +343,9 @@ class LandmarkDetector:
         upright image would be, and its landmarks mapped back (its shape fit and frame, which hold in the upright copy
         only, are dropped). Otherwise `first` is refined as it is. Either is first looked at in tilted copies where it
         still puts many landmarks off the skull (`straighten`), and levelled where its skull is turned beyond training's
-        (`level`).
+        (`level`). Where the orientation kept still puts many off, the image as given is read so too, and the reading
+        with fewer landmarks off the skull is kept: a skull tilted beyond reading may look more like some orientation
+        than like itself.
         Both looks count, as re-framing a turned image can find a skull that fits in part: one of 110 Hamedan images
         turned a quarter had 8 landmarks off the skull as given, 4 after re-framing and none upright. A look with a few
         landmarks off, on a skull turned beyond any training skull, is searched too: two of those images mirrored and
@@ -356,6 +358,12 @@ class LandmarkDetector:
         if 2 * off_skull(look) > off_skull(first):
             return self.straighten(image, geometry, first)
         refined = self.straighten(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
+        if off_skull(look) >= TURNED_LOOK_SHARE * len(look.points):  # no sure reading: tilted as given, perhaps
+            read_as_given = self.straighten(image, geometry, first)
+            if off_skull(read_as_given) < off_skull(refined):
+                return replace(read_as_given, notes=read_as_given.notes + (
+                    f"upright, the image looked {name} with {off_skull(refined)} of {len(look.points)} landmarks off "
+                    f"the skull; as given, {off_skull(read_as_given)}: it is read as given",))
         points = ORIENTATIONS[name].points_back(refined.points, *content.shape)
         return replace(refined, points=points, shape_fit=None, frame_height=None, notes=refined.notes + (
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "

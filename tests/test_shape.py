@@ -438,13 +438,17 @@ def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_
         assert result.notes[-1].endswith("the image is read as it is")
 
 
-@pytest.mark.parametrize("skull_tilt, copies_looked_at", [(20.0, 2), (-20.0, 1), (None, 2), (0.0, 0)])
+@pytest.mark.parametrize("skull_tilt, copies_looked_at, mirrored_off", [(20.0, 2, None), (-20.0, 1, None),
+                                                                       (None, 2, None), (0.0, 0, None), (20.0, 5, 5)])
 def test_a_skull_found_in_no_orientation_is_looked_for_in_copies_tilted_either_way(full_model, monkeypatch,
-                                                                                  skull_tilt, copies_looked_at):
+                                                                                  skull_tilt, copies_looked_at,
+                                                                                  mirrored_off):
     """A network that finds a skull only where its discs stand upright (10 of 19 landmarks off elsewhere, so no
     orientation helps): an image whose skull is tilted 20 degrees either way is read in the copy turned back, its
     landmarks turned back onto its own discs; with no skull in any copy the first look stays, and a look with fewer
-    than a quarter of the landmarks off takes no tilted copy."""
+    than a quarter of the landmarks off takes no tilted copy. Where the mirrored copy halves the landmarks off (5)
+    without a sure reading, its tilted copies and its levelled copy find nothing (three looks), and the image as
+    given is read tilted too: that reading, with none off, is kept."""
     _first_looks_only(full_model, monkeypatch)
     height, width = FULL_MODEL_FRAME
     truth = synthetic_landmarks(height, width, UNTRAINED_LANDMARKS, np.random.default_rng(18))
@@ -467,6 +471,8 @@ def test_a_skull_found_in_no_orientation_is_looked_for_in_copies_tilted_either_w
     def decode(_heatmaps, _geometries):
         if skull_tilt == 0.0:
             points, off = truth, 3
+        elif len(seen) == 2 and mirrored_off is not None:  # the first orientation looked at: mirrored
+            points, off = tilted, mirrored_off
         else:
             points, off = (truth, 0) if len(seen) > 1 and sees_upright_skull(seen[-1]) else (tilted, 10)
         return [Detection(points, np.full(UNTRAINED_LANDMARKS, 0.5), full_model.shape.fit(points),
@@ -487,6 +493,7 @@ def test_a_skull_found_in_no_orientation_is_looked_for_in_copies_tilted_either_w
     assert tilt_notes == [f"10 of {UNTRAINED_LANDMARKS} landmarks fit no plausible skull as it stands: a copy turned "
                           f"20 degrees {turned_back} put 0 off, so they were found there"]
     assert result.shape_fit is None
+    assert (mirrored_off is not None) == result.notes[-1].endswith("it is read as given")
 
 
 def test_a_tilted_copy_that_finds_an_upright_skull_turned_is_not_used(full_model, monkeypatch):
