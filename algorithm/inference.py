@@ -198,6 +198,12 @@ def off_skull(detection: Detection) -> int:
     return len(detection.points) if detection.reestimated is None else int(detection.reestimated.sum())
 
 
+def unsure(detection: Detection) -> bool:
+    """Whether a shape-checked look puts `TURNED_LOOK_SHARE` or more of its landmarks off any plausible skull: no sure
+    reading of the image (it may be turned, or tilted too far to read)."""
+    return off_skull(detection) >= TURNED_LOOK_SHARE * len(detection.points)
+
+
 def finds_no_skull(detection: Detection) -> bool:
     """Whether a shape-checked look has most of its landmarks off any plausible skull: no skull to frame."""
     return detection.shape_fit is None or 2 * off_skull(detection) > len(detection.points)
@@ -358,7 +364,7 @@ class LandmarkDetector:
         if 2 * off_skull(look) > off_skull(first):
             return self.straighten(image, geometry, first)
         refined = self.straighten(turned, turned_geometry, self.reframe(turned, turned_geometry, look))
-        if off_skull(look) >= TURNED_LOOK_SHARE * len(look.points):  # no sure reading: tilted as given, perhaps
+        if unsure(look):  # tilted as given, perhaps
             read_as_given = self.straighten(image, geometry, first)
             if off_skull(read_as_given) < off_skull(refined):
                 return replace(read_as_given, notes=read_as_given.notes + (
@@ -383,7 +389,7 @@ class LandmarkDetector:
     def may_be_turned(self, first: Detection, as_given: Detection) -> bool:
         """Whether the image may be mirrored, flipped or turned: a look puts at least `TURNED_LOOK_SHARE` of the
         landmarks off any plausible skull, or `first` puts some off a skull turned beyond any training skull."""
-        if max(off_skull(first), off_skull(as_given)) >= TURNED_LOOK_SHARE * len(first.points):
+        if unsure(first) or unsure(as_given):
             return True
         return off_skull(first) > 0 and self.levelling_turn(first) != 0
 
@@ -397,7 +403,7 @@ class LandmarkDetector:
         refined there, and its landmarks turned back (its shape fit, which holds in the copy only, is dropped).
         Otherwise, or where the model records no training angles, `first` is levelled and refined as it is
         (`level`)."""
-        if self.shape is None or self.shape.angles is None or off_skull(first) < TURNED_LOOK_SHARE * len(first.points):
+        if self.shape is None or self.shape.angles is None or not unsure(first):
             return self.level(image, geometry, first)
         content = content_of(image, geometry)
         centre = (np.array(content.shape[::-1], dtype=np.float64) - 1) / 2

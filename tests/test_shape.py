@@ -286,6 +286,13 @@ def _first_looks_only(detector: inference.LandmarkDetector, monkeypatch: pytest.
     monkeypatch.setattr(detector, "refinement", None)
 
 
+def _recorded_prepares(detector: inference.LandmarkDetector, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """The images the detector prepares for its first stage, in order, as it prepares them (one per look)."""
+    seen, real_prepare = [], detector.prepare
+    monkeypatch.setattr(detector, "prepare", lambda given: seen.append(given) or real_prepare(given))
+    return seen
+
+
 def _upright_skull() -> tuple[np.ndarray, np.ndarray]:
     """A synthetic upright skull of the full model's frame: its (K, 2) landmarks and its image."""
     height, width = FULL_MODEL_FRAME
@@ -368,8 +375,7 @@ def test_a_few_landmarks_off_a_skull_turned_beyond_trainings_start_the_search_fo
     fooled = to_xy((to_complex(truth) - fit.offset) * np.exp(1j * np.radians(turned_further)) + fit.offset)
     assert full_model.shape.levelling_turn(full_model.shape.fit(fooled)) != 0
     assert off_as_given < inference.TURNED_LOOK_SHARE * UNTRAINED_LANDMARKS
-    seen, real_prepare = [], full_model.prepare
-    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+    seen = _recorded_prepares(full_model, monkeypatch)
 
     def is_upright(given: np.ndarray) -> bool:
         return given.shape == upright.shape and np.array_equal(given, upright)
@@ -406,8 +412,7 @@ def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_
     image = synthetic_image(height, width, tilted, np.random.default_rng(15))
     lowest, median, highest = full_model.shape.angles
     assert highest - lowest < 20  # the synthetic skulls' own turns: 25 degrees lies beyond them either way
-    seen, real_prepare = [], full_model.prepare
-    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+    seen = _recorded_prepares(full_model, monkeypatch)
 
     def decode(_heatmaps, _geometries):
         points, off = tilted, 0
@@ -457,8 +462,7 @@ def test_a_skull_found_in_no_orientation_is_looked_for_in_copies_tilted_either_w
     image = synthetic_image(height, width, tilted, np.random.default_rng(19))
     inside = np.all((tilted >= 2) & (tilted < [width - 2, height - 2]), axis=1)
     assert inside.sum() >= UNTRAINED_LANDMARKS - 3
-    seen, real_prepare = [], full_model.prepare
-    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+    seen = _recorded_prepares(full_model, monkeypatch)
 
     def sees_upright_skull(given: np.ndarray) -> bool:
         """Whether `given` holds the image's discs where the upright skull's landmarks are (a perfect network)."""
@@ -507,8 +511,7 @@ def test_a_tilted_copy_that_finds_an_upright_skull_turned_is_not_used(full_model
     first_look = truth + 5.0
     centre = np.array([width - 1, height - 1]) / 2
     image = synthetic_image(height, width, truth, np.random.default_rng(21))
-    seen, real_prepare = [], full_model.prepare
-    monkeypatch.setattr(full_model, "prepare", lambda given: seen.append(given) or real_prepare(given))
+    seen = _recorded_prepares(full_model, monkeypatch)
 
     def decode(_heatmaps, _geometries):
         in_first_copy = len(seen) == 2 + len(inference.ORIENTATIONS)
