@@ -204,12 +204,27 @@ def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(image, points, spacing)
 
 
+def composed(*steps: Callable[[np.ndarray, np.ndarray, float], Framed]
+             ) -> Callable[[np.ndarray, np.ndarray, float], Framed]:
+    """The framings `steps` one after another, as an export passes through several hands (a ruler on the film, the
+    clinic's downscaling, a screenshot of its viewer)."""
+    def chain(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+        framed = Framed(image, points, spacing)
+        for step in steps:
+            framed = step(framed.image, framed.points, framed.spacing)
+        return framed
+
+    return chain
+
+
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
     "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
     "rotated a quarter": rotated, "upside down": upside_down, "flipped top to bottom": flipped,
     "tilted 15 degrees": tilted(15.0), "tilted 25 degrees clockwise": tilted(-25.0),
+    "ruler, 1000 px + JPEG 70, in a viewer": composed(ruler, downscaled_jpeg, viewer_screenshot),
+    "tight crop in a viewer": composed(tight_crop, viewer_screenshot),
 }
 
 
