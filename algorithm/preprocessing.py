@@ -20,6 +20,11 @@ CHALLENGE_HEIGHT, CHALLENGE_WIDTH = 2400, 2880
 CHALLENGE_LANDMARKS = 38  # the landmarks the challenge scores (a model may find fewer: the shipped one 19)
 EXTENT_BLOCK = 256  # rows or columns read at once while looking for the padding's edge
 CONSTANT_SAMPLE_STEP = 16  # every so many rows and columns: the sample that shows an image is not constant
+# A viewer's window or a canvas about the picture: from each side, the lines (rows or columns) of which
+# BORDER_LINE_SHARE of the pixels lie within BORDER_GREY_SHARE of the grey range of the darkest grey, where they run
+# BORDER_SIDE_SHARE of that side or more (the 260 training images have at most 1 such line a side), measured on every
+# BORDER_SAMPLE_STEP-th pixel across each line.
+BORDER_LINE_SHARE, BORDER_GREY_SHARE, BORDER_SIDE_SHARE, BORDER_SAMPLE_STEP = 0.9, 0.02, 0.02, 4
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,29 @@ def normalize(image: np.ndarray, method: str, reference: np.ndarray | None = Non
     reference = image if reference is None else reference
     std = float(reference.std(dtype=np.float64))
     return ((image - float(reference.mean(dtype=np.float64))) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+def _border_run(is_border: np.ndarray) -> int:
+    """How many of the lines `is_border` flags from its start on, 0 where they are fewer than BORDER_SIDE_SHARE."""
+    run = len(is_border) if is_border.all() else int(np.argmin(is_border))
+    return run if run >= BORDER_SIDE_SHARE * len(is_border) else 0
+
+
+def picture_box(content: np.ndarray) -> tuple[int, int, int, int]:
+    """Left, top, right and bottom (exclusive) of the picture inside a black border of a 2D image: a viewer's window
+    about a screenshot's picture, with text over it, or a canvas the picture was put on. The whole image where there
+    is none (or nothing but border), or where unsigned pixels hold no 0 (a dark grey, smooth air, is no border)."""
+    height, width = content.shape
+    sample = content[::BORDER_SAMPLE_STEP, ::BORDER_SAMPLE_STEP]
+    darkest = float(sample.min())
+    if content.dtype.kind == "u" and darkest > 0:
+        return 0, 0, width, height
+    dark_up_to = darkest + BORDER_GREY_SHARE * (float(sample.max()) - darkest)
+    columns = (content[::BORDER_SAMPLE_STEP] <= dark_up_to).mean(axis=0) >= BORDER_LINE_SHARE
+    rows = (content[:, ::BORDER_SAMPLE_STEP] <= dark_up_to).mean(axis=1) >= BORDER_LINE_SHARE
+    left, right = _border_run(columns), width - _border_run(columns[::-1])
+    top, bottom = _border_run(rows), height - _border_run(rows[::-1])
+    return (left, top, right, bottom) if left < right and top < bottom else (0, 0, width, height)
 
 
 def strip_padding(image: np.ndarray, extent: tuple[int, int] | None = None) -> np.ndarray:

@@ -35,9 +35,10 @@ from algorithm.reader import ImageStack  # noqa: E402
 
 # each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's); the
 # refine phase's step, upright, first looks at a mirrored or turned copy where the image seems one (synthetic images,
-# which hold no skull, take those looks)
+# which hold no skull, take those looks); the picture phase's, in_picture, reads an image's picture again where it sits
+# inside a black border
 STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "inference": "heatmaps", "decode": "decode",
-                 "reframe": "reframe", "refine": "upright", "finish": "finish"}
+                 "reframe": "reframe", "refine": "upright", "finish": "finish", "picture": "in_picture"}
 
 
 def resident_mb() -> dict:
@@ -69,7 +70,9 @@ def time_phases(detector: LandmarkDetector, images: Iterable[np.ndarray]) -> tup
         marks.append(clock())
         detection = detector.upright(image, geometry, detection, as_given)
         marks.append(clock())
-        detections.append(detector.finish(image, geometry, detection))
+        detection = detector.finish(image, geometry, detection)
+        marks.append(clock())
+        detections.append(detector.in_picture(image, geometry, detection))
         marks.append(clock())
         for phase, start, end in zip(STEP_OF_PHASE, marks, marks[1:]):
             times[phase].append(1000 * (end - start))

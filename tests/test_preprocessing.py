@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from algorithm.preprocessing import (CONSTANT_SAMPLE_STEP, EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant,
+                                     picture_box,
                                     normalize, prepare, prepare_region, resize, to_grayscale, turn_points,
                                     turned_image)
 
@@ -251,3 +252,36 @@ def test_a_turned_image_holds_each_pixel_where_the_turned_points_say(degrees):
     np.testing.assert_allclose(turn_points(turn_points(np.array([[3.0, 4.0]]), centre, degrees), centre, -degrees),
                                [[3.0, 4.0]])
     assert copy[0, 0] == pytest.approx(image.mean(), abs=1e-3) or copy[-1, -1] == pytest.approx(image.mean(), abs=1e-3)
+
+
+def _viewer_window(picture: np.ndarray, left: int, top: int, height: int, width: int) -> np.ndarray:
+    """`picture` at `left`, `top` of a black window `height` x `width`, with short bright text-like strokes in its
+    corners (a date, a zoom factor: each line under a tenth of the window's width)."""
+    window = np.zeros((height, width), picture.dtype)
+    window[top:top + picture.shape[0], left:left + picture.shape[1]] = picture
+    window[10:30:4, 5:85] = window.max()
+    window[height - 20:height - 12:3, width - 80:width - 10] = window.max()
+    return window
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_the_picture_inside_a_viewers_black_border_is_found_text_and_all(dtype):
+    """A screenshot's picture sits in a black window with text on it; the box is the picture's, to the pixel, even
+    where the picture's own first and last lines are darker than most of it."""
+    rng = np.random.default_rng(3)
+    picture = rng.uniform(40, 250, size=(500, 380)).astype(dtype)
+    picture[:, :3] = 30  # a dim edge, still far above the border's black
+    window = _viewer_window(picture, 310, 0, 500, 1000)
+    assert picture_box(window) == (310, 0, 690, 500)
+    assert picture_box(_viewer_window(picture, 200, 60, 700, 900)) == (200, 60, 580, 560)
+
+
+def test_no_box_is_cut_from_an_image_without_a_border():
+    """A line or two of black at the edge (as the ISBI images have) is no border; nor is an image all one grey, nor
+    smooth dark air that is not black."""
+    image = np.random.default_rng(4).uniform(20, 250, size=(600, 500)).astype(np.uint8)
+    image[-1], image[:, -1] = 0, 0
+    assert picture_box(image) == (0, 0, 500, 600)
+    assert picture_box(np.zeros((300, 200), np.uint8)) == (0, 0, 200, 300)
+    image[:100] = 12  # a flat dark grey above the head
+    assert picture_box(image) == (0, 0, 500, 600) and picture_box(image[:-1, :-1]) == (0, 0, 499, 599)

@@ -527,6 +527,33 @@ def test_a_tilted_copy_that_finds_an_upright_skull_turned_is_not_used(full_model
     assert not any("so they were found there" in note for note in result.notes)
 
 
+@pytest.mark.parametrize("off_inside, picture_kept", [(0, True), (2, True), (3, False)])
+def test_a_picture_inside_a_black_border_is_read_alone_unless_it_puts_more_landmarks_off_the_skull(
+        full_model, monkeypatch, off_inside, picture_kept):
+    """A skull in a black viewer window (a screenshot of a tight crop): the picture inside the window is read as an
+    image of its own and its landmarks moved back by the picture's offset in the window; where that reading puts more
+    landmarks off the skull than the whole image's (2 here), the whole image's reading stays."""
+    truth, picture = _upright_skull()
+    height, width = picture.shape
+    left, top = 700, 40
+    window = np.zeros((height + 80, width + 1400), np.uint8)
+    window[top:top + height, left:left + width] = picture
+    read = []
+
+    def reading(image, geometry, as_given):
+        read.append(image)
+        inside = image.shape == picture.shape
+        return Detection(truth if inside else truth + 50.0, np.full(UNTRAINED_LANDMARKS, 0.5), None,
+                         np.arange(UNTRAINED_LANDMARKS) < (off_inside if inside else 2))
+
+    monkeypatch.setattr(full_model, "_read", reading)
+    result = next(full_model.predict([window]))
+    assert len(read) == 2 and read[0] is window
+    np.testing.assert_array_equal(read[1], picture)
+    np.testing.assert_allclose(result.points, truth + [left, top] if picture_kept else truth + 50.0)
+    assert result.notes[-1].endswith("the picture is read" if picture_kept else "the whole image is read")
+
+
 def test_the_levelling_turn_brings_only_a_skull_beyond_trainings_angles_to_their_median(model):
     rng = np.random.default_rng(16)
     points = skull(rng, noise=0)
