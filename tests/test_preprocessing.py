@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from algorithm.preprocessing import (CONSTANT_SAMPLE_STEP, EXTENT_BLOCK, ResizeGeometry, content_extent, is_constant,
-                                     picture_box,
-                                    normalize, prepare, prepare_region, resize, to_grayscale, turn_points,
-                                    turned_image)
+                                    normalize, picture_box, prepare, prepare_region, resize, to_grayscale,
+                                    turn_points, turned_image)
 
 INPUT_HEIGHT, INPUT_WIDTH = 128, 96
 

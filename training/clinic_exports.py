@@ -52,6 +52,10 @@ class Framed:
     spacing: float
 
 
+# a framing: an image, its landmarks and its mm per pixel to the re-framed image
+Framing = Callable[[np.ndarray, np.ndarray, float], Framed]
+
+
 def _resized(image: np.ndarray, scale: float) -> np.ndarray:
     """`image` scaled by `scale` (area filter when shrinking), as uint8."""
     height, width = image.shape
@@ -188,7 +192,7 @@ def flipped(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
                   spacing)
 
 
-def tilted(degrees: float) -> Callable[[np.ndarray, np.ndarray, float], Framed]:
+def tilted(degrees: float) -> Framing:
     """A framing turned `degrees` anticlockwise on screen (clockwise where negative) about the image's centre on the
     same canvas (corners cut, black fill): a film scanned askew, or a head tipped in the cephalostat. Training turns
     images by up to 10 degrees."""
@@ -204,8 +208,7 @@ def unchanged(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(image, points, spacing)
 
 
-def composed(*steps: Callable[[np.ndarray, np.ndarray, float], Framed]
-             ) -> Callable[[np.ndarray, np.ndarray, float], Framed]:
+def composed(*steps: Framing) -> Framing:
     """The framings `steps` one after another, as an export passes through several hands (a ruler on the film, the
     clinic's downscaling, a screenshot of its viewer)."""
     def chain(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
@@ -217,7 +220,7 @@ def composed(*steps: Callable[[np.ndarray, np.ndarray, float], Framed]
     return chain
 
 
-TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, float], Framed]] = {
+TRANSFORMS: dict[str, Framing] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
     "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
