@@ -375,13 +375,18 @@ class LandmarkDetector:
             f"the image looks {name}: upright, {off_skull(look)} of {len(points)} landmarks fit no plausible skull "
             f"against {off_skull(first)} as given, so they were found in the upright copy",))
 
+    def _first_look(self, image: np.ndarray) -> tuple[Detection, ResizeGeometry]:
+        """Steps 1-3b on one image alone: the first stage's shape-checked look at it, and its geometry."""
+        model_input, geometry = self.prepare(image)
+        return self.decode(self.heatmaps(model_input[None]), [geometry])[0], geometry
+
     def best_look(self, copies: Iterable[tuple[Key, np.ndarray]]) -> tuple[Key, Detection, np.ndarray, ResizeGeometry]:
         """The first stage's look at each (key, image) copy in turn, stopping at one that puts no landmark off the
         skull: the look with the fewest off (the first of equals), with its key, image and geometry."""
         looks = []
         for key, copy in copies:
-            model_input, copy_geometry = self.prepare(copy)
-            looks.append((key, self.decode(self.heatmaps(model_input[None]), [copy_geometry])[0], copy, copy_geometry))
+            look, copy_geometry = self._first_look(copy)
+            looks.append((key, look, copy, copy_geometry))
             if off_skull(looks[-1][1]) == 0:
                 break  # none can do better, and min() keeps the first of equals
         return min(looks, key=lambda candidate: off_skull(candidate[1]))
@@ -436,9 +441,8 @@ class LandmarkDetector:
             return self.refine(image, geometry, first)
         centre = first.shape_fit.centre_xy
         levelled = turned_image(content_of(image, geometry), centre, turn)
-        model_input, levelled_geometry = self.prepare(levelled)
-        look = self.reframe(levelled, levelled_geometry,
-                            self.decode(self.heatmaps(model_input[None]), [levelled_geometry])[0])
+        look, levelled_geometry = self._first_look(levelled)
+        look = self.reframe(levelled, levelled_geometry, look)
         tilt = (f"the skull is turned {abs(turn):.0f} degrees {'anticlockwise' if turn > 0 else 'clockwise'} from "
                 "the training skulls' median pose, beyond any of theirs")
         if off_skull(look) > off_skull(first):
@@ -513,9 +517,8 @@ class LandmarkDetector:
         if (right - left, bottom - top) == content.shape[::-1]:
             return reading
         picture = content[top:bottom, left:right]
-        model_input, picture_geometry = self.prepare(picture)
-        inside = self._read(picture, picture_geometry,
-                           self.decode(self.heatmaps(model_input[None]), [picture_geometry])[0])
+        look, picture_geometry = self._first_look(picture)
+        inside = self._read(picture, picture_geometry, look)
         if off_skull(inside) > off_skull(reading):
             return replace(reading, notes=reading.notes + (
                 f"the picture inside the image's black border put {off_skull(inside)} landmark(s) off the skull "
