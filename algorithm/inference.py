@@ -503,26 +503,35 @@ class LandmarkDetector:
         detection = self.reframe(image, geometry, as_given)
         return self.finish(image, geometry, self.upright(image, geometry, detection, as_given))
 
-    def in_picture(self, image: np.ndarray, geometry: ResizeGeometry, reading: Detection) -> Detection:
-        """Step 6: where the image is a picture inside a black border (a viewer's window with text on it, a canvas),
-        the picture is read too, as an image of its own, since the border is no part of the skull's frame: a tight
-        crop in a viewer screenshot was read as a tight crop with black about it (the shipped model, its own 260
-        training images so framed: 23 landmarks beyond 10 mm, none as the crop alone). The picture's reading is kept
-        unless it puts more landmarks off the skull than `reading`, the whole image's: air as dark as a border might
-        have been taken for one. Without a shape model to compare the two, the whole image's reading stays."""
+    def bordered_picture(self, image: np.ndarray, geometry: ResizeGeometry) -> tuple[int, int, int, int] | None:
+        """Step 3c's question, asked first: is the image a picture inside a black border (a viewer's window with text
+        on it, a canvas)? The picture's (left, top, right, bottom) in the content's pixels if so, else None. Without a
+        shape model, which compares the picture's reading with the whole image's, the answer is None."""
         if self.shape is None:
-            return reading
+            return None
         content = content_of(image, geometry)
-        left, top, right, bottom = picture_box(content)
-        if (right - left, bottom - top) == content.shape[::-1]:
-            return reading
-        picture = content[top:bottom, left:right]
+        box = picture_box(content)
+        return None if (box[2] - box[0], box[3] - box[1]) == content.shape[::-1] else box
+
+    def in_picture(self, image: np.ndarray, geometry: ResizeGeometry, as_given: Detection,
+                   box: tuple[int, int, int, int]) -> Detection:
+        """Steps 3c-5 for a picture inside a black border (`box`): the picture is read as an image of its own, since
+        the border is no part of the skull's frame (a tight crop in a viewer screenshot was read as a tight crop with
+        black about it: the shipped model, its own 260 training images so framed, 23 landmarks beyond 10 mm, none as
+        the crop alone). Where the picture's reading puts landmarks off the skull, the whole image is read too (from
+        its first look, `as_given`), and the picture's reading is kept unless it puts more off: air as dark as a
+        border might have been taken for one. A picture read with none off is kept at once, as the whole image's
+        reading could not put fewer off (and a screenshot read whole takes the orientation and tilt searches)."""
+        left, top, right, bottom = box
+        picture = content_of(image, geometry)[top:bottom, left:right]
         look, picture_geometry = self._first_look(picture)
         inside = self._read(picture, picture_geometry, look)
-        if off_skull(inside) > off_skull(reading):
-            return replace(reading, notes=reading.notes + (
-                f"the picture inside the image's black border put {off_skull(inside)} landmark(s) off the skull "
-                f"against {off_skull(reading)}: the whole image is read",))
+        if off_skull(inside) > 0:
+            reading = self._read(image, geometry, as_given)
+            if off_skull(inside) > off_skull(reading):
+                return replace(reading, notes=reading.notes + (
+                    f"the picture inside the image's black border put {off_skull(inside)} landmark(s) off the skull "
+                    f"against {off_skull(reading)}: the whole image is read",))
         return replace(inside, points=inside.points + [left, top], shape_fit=None, notes=inside.notes + (
             f"the image is a {right - left} x {bottom - top} picture inside a black border (a viewer's window or a "
             "canvas): the picture is read",))
@@ -534,4 +543,6 @@ class LandmarkDetector:
             batch_images, inputs, geometries = zip(*batch)
             first = self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
             for image, geometry, as_given in zip(batch_images, geometries, first):
-                yield self.in_picture(image, geometry, self._read(image, geometry, as_given))
+                box = self.bordered_picture(image, geometry)
+                yield self._read(image, geometry, as_given) if box is None else self.in_picture(image, geometry,
+                                                                                                as_given, box)

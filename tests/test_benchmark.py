@@ -67,12 +67,31 @@ def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_mo
     assert in_predict.count("level") == len(images) and (looks == "levelled") == all(
         any("copy turned level" in note for note in detection.notes) for detection in predicted)
     assert in_profiler == in_predict
-    assert {step for step in STEP_OF_PHASE.values() if step} == set(chained)
+    # in_picture reads only an image inside a black border (the next test)
+    assert {step for step in STEP_OF_PHASE.values() if step} - {"in_picture"} == set(chained)
     assert len(profiled) == len(predicted) == len(images)
     for ours, theirs in zip(profiled, predicted):
         np.testing.assert_array_equal(ours.points, theirs.points)
         np.testing.assert_array_equal(ours.confidence, theirs.confidence)
         assert ours.notes == theirs.notes
+
+
+def test_the_phase_profiler_reads_a_picture_inside_a_black_border_as_predict_does(full_model, monkeypatch):
+    """An image inside a black border takes the picture phase in place of re-framing, refining and finishing, in the
+    profiler as in `predict`, with the same steps and landmarks; an image without one takes those three."""
+    picture = pad_gray(FIVE_IMAGES[:1], FIVE_HEIGHT, FIVE_WIDTH)[0]
+    window = np.zeros((FIVE_HEIGHT + 40, FIVE_WIDTH + 300), np.uint8)
+    window[20:20 + FIVE_HEIGHT, 150:150 + FIVE_WIDTH] = picture
+    images = [window, picture]
+    predicted, profiled = [], []
+    in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))
+    in_profiler, _ = steps_called(full_model, monkeypatch, lambda: profiled.extend(time_phases(full_model, images)[0]))
+    assert in_profiler == in_predict and chained.count("in_picture") == 1 and chained.count("reframe") == 1
+    assert {step for step in STEP_OF_PHASE.values() if step} == set(chained)
+    for ours, theirs in zip(profiled, predicted, strict=True):
+        np.testing.assert_array_equal(ours.points, theirs.points)
+        assert ours.notes == theirs.notes
+    assert "black border" in predicted[0].notes[-1]  # the picture read, then the whole (an untrained model)
 
 
 def test_the_phase_profile_loads_a_mounted_model_and_times_every_phase_of_every_image(untrained_model, tmp_path,
@@ -84,7 +103,10 @@ def test_the_phase_profile_loads_a_mounted_model_and_times_every_phase_of_every_
     assert result["model"] == str(untrained_model)
     assert result["images"] == len(FIVE_IMAGES)
     assert list(result["per_image_ms"]) == list(STEP_OF_PHASE)
-    assert all(len(times) == len(FIVE_IMAGES) and min(times) > 0 for times in result["per_image_ms"].values())
+    times = result["per_image_ms"]
+    assert all(len(times[phase]) == len(FIVE_IMAGES) and min(times[phase]) > 0
+               for phase in STEP_OF_PHASE if phase != "picture")
+    assert times["picture"] == [0.0] * len(FIVE_IMAGES)  # none of them lies inside a black border
     assert result["duplicate_check_s"] > 0 and min(result["fixed_s"].values()) > 0
     assert 0 < result["memory_mb"]["after_imports"] <= result["memory_mb"]["peak"]
 

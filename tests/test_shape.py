@@ -531,8 +531,10 @@ def test_a_tilted_copy_that_finds_an_upright_skull_turned_is_not_used(full_model
 def test_a_picture_inside_a_black_border_is_read_alone_unless_it_puts_more_landmarks_off_the_skull(
         full_model, monkeypatch, off_inside, picture_kept):
     """A skull in a black viewer window (a screenshot of a tight crop): the picture inside the window is read as an
-    image of its own and its landmarks moved back by the picture's offset in the window; where that reading puts more
-    landmarks off the skull than the whole image's (2 here), the whole image's reading stays."""
+    image of its own and its landmarks moved back by the picture's offset in the window; where that reading puts
+    landmarks off the skull, the whole image is read too, and where the picture's puts more off than the whole
+    image's (2 here), the whole image's reading stays. A picture read with none off is kept without reading the
+    whole."""
     truth, picture = _upright_skull()
     height, width = picture.shape
     left, top = 700, 40
@@ -548,8 +550,8 @@ def test_a_picture_inside_a_black_border_is_read_alone_unless_it_puts_more_landm
 
     monkeypatch.setattr(full_model, "_read", reading)
     result = next(full_model.predict([window]))
-    assert len(read) == 2 and read[0] is window
-    np.testing.assert_array_equal(read[1], picture)
+    np.testing.assert_array_equal(read[0], picture)
+    assert len(read) == (1 if off_inside == 0 else 2) and (off_inside == 0 or read[1] is window)
     np.testing.assert_allclose(result.points, truth + [left, top] if picture_kept else truth + 50.0)
     assert result.notes[-1].endswith("the picture is read" if picture_kept else "the whole image is read")
 
