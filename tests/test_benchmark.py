@@ -56,6 +56,7 @@ def test_the_phase_profiler_finds_what_predict_finds_with_the_same_steps(full_mo
         monkeypatch.setattr(inference, "CENTRED_LOOK_ASPECT", np.inf)
     if looks == "one":  # and no look at a mirrored or turned copy either, which mostly-off skulls would take
         monkeypatch.setattr(inference, "TURNED_LOOK_SHARE", np.inf)
+        monkeypatch.setattr(inference, "DOUBTFUL_CONFIDENCE", 0.0)  # nor skulls found with an untrained model's doubt
     images = list(pad_gray(FIVE_IMAGES, FIVE_HEIGHT, FIVE_WIDTH))
     predicted, profiled = [], []
     in_predict, chained = steps_called(full_model, monkeypatch, lambda: predicted.extend(full_model.predict(images)))

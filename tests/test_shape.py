@@ -395,6 +395,36 @@ def test_a_few_landmarks_off_a_skull_turned_beyond_trainings_start_the_search_fo
     assert "the image looks mirrored and turned a quarter anticlockwise" in result.notes[-1]
 
 
+@pytest.mark.parametrize("confidence", [0.1, 0.5])
+def test_a_few_landmarks_off_a_skull_found_with_little_confidence_start_the_search_for_the_upright_copy(
+        full_model, monkeypatch, confidence):
+    """A mirrored image can fool the first look into an upright-looking skull with only a few landmarks off, too few
+    to suspect the orientation by count, but the network finds the rest with little confidence: the search runs and
+    reads the upright copy. The same look found with the confidence of an upright skull is read as it is."""
+    _first_looks_only(full_model, monkeypatch)
+    truth, upright = _upright_skull()
+    image, expected = _turned(upright, truth, "mirrored")
+    assert full_model.shape.levelling_turn(full_model.shape.fit(truth)) == 0
+    seen = _recorded_prepares(full_model, monkeypatch)
+
+    def is_upright(given: np.ndarray) -> bool:
+        return given.shape == upright.shape and np.array_equal(given, upright)
+
+    def decode(_heatmaps, _geometries):
+        off, sure = (0, 0.5) if is_upright(seen[-1]) else (2 if len(seen) == 1 else 10, confidence)
+        return [Detection(truth, np.full(UNTRAINED_LANDMARKS, sure), full_model.shape.fit(truth),
+                          np.arange(UNTRAINED_LANDMARKS) < off)]
+
+    monkeypatch.setattr(full_model, "decode", decode)
+    result = next(full_model.predict([np.ascontiguousarray(image)]))
+    if confidence >= inference.DOUBTFUL_CONFIDENCE:
+        assert len(seen) == 1 and not result.notes
+        return
+    assert any(is_upright(given) for given in seen)
+    np.testing.assert_allclose(result.points, expected, atol=1e-6)
+    assert "the image looks mirrored" in result.notes[-1]
+
+
 @pytest.mark.parametrize("tilt, copy_off, levelled", [(25.0, 0, True), (-25.0, 0, True), (0.0, 0, False),
                                                        (25.0, 2, False)])
 def test_a_skull_turned_beyond_trainings_is_read_in_a_copy_turned_level_and_its_landmarks_turned_back(
