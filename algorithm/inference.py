@@ -561,5 +561,7 @@ class LandmarkDetector:
             first = self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
             for image, geometry, as_given in zip(batch_images, geometries, first):
                 box = self.bordered_picture(image, geometry)
-                yield self._read(image, geometry, as_given) if box is None else self.in_picture(image, geometry,
-                                                                                                as_given, box)
+                if box is None:
+                    yield self._read(image, geometry, as_given)
+                else:
+                    yield self.in_picture(image, geometry, as_given, box)
