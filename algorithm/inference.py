@@ -396,6 +396,14 @@ class LandmarkDetector:
         model_input, geometry = self.prepare(image)
         return self.decode(self.heatmaps(model_input[None]), [geometry])[0], geometry
 
+    def _first_looks(self, prepared: list[tuple[np.ndarray, np.ndarray, ResizeGeometry]]) -> list[Detection]:
+        """Steps 2-3b on prepared (image, model input, geometry) triples together: the first stage's shape-checked
+        looks."""
+        if not prepared:
+            return []
+        _, inputs, geometries = zip(*prepared)
+        return self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
+
     def best_look(self, copies: Iterable[tuple[Key, np.ndarray]]) -> tuple[Key, Detection, np.ndarray, ResizeGeometry]:
         """The first stage's look at each (key, image) copy in turn, stopping at one that puts no landmark off the
         skull: the look with the fewest off (the first of equals), with its key, image and geometry."""
@@ -530,21 +538,20 @@ class LandmarkDetector:
         box = picture_box(content)
         return None if (box[2] - box[0], box[3] - box[1]) == content.shape[::-1] else box
 
-    def in_picture(self, image: np.ndarray, geometry: ResizeGeometry, as_given: Detection,
-                   box: tuple[int, int, int, int]) -> Detection:
-        """Steps 3c-5 for a picture inside a black border (`box`): the picture is read as an image of its own, since
+    def in_picture(self, image: np.ndarray, geometry: ResizeGeometry, box: tuple[int, int, int, int]) -> Detection:
+        """Steps 1-5 for a picture inside a black border (`box`): the picture is read as an image of its own, since
         the border is no part of the skull's frame (a tight crop in a viewer screenshot was read as a tight crop with
         black about it: the shipped model, its own 260 training images so framed, 23 landmarks beyond 10 mm, none as
-        the crop alone). Where the picture's reading puts landmarks off the skull, the whole image is read too (from
-        its first look, `as_given`), and the picture's reading is kept unless it puts more off: air as dark as a
-        border might have been taken for one. A picture read with none off is kept at once, as the whole image's
-        reading could not put fewer off (and a screenshot read whole takes the orientation and tilt searches)."""
+        the crop alone). Where the picture's reading puts landmarks off the skull, the whole image is read too, and
+        the picture's reading is kept unless it puts more off: air as dark as a border might have been taken for one.
+        A picture read with none off is kept without looking at the whole image, whose reading could not put fewer
+        off (and a screenshot read whole takes the orientation and tilt searches)."""
         left, top, right, bottom = box
         picture = content_of(image, geometry)[top:bottom, left:right]
         look, picture_geometry = self._first_look(picture)
         inside = self._read(picture, picture_geometry, look)
         if off_skull(inside) > 0:
-            reading = self._read(image, geometry, as_given)
+            reading = self._read(image, geometry, self._first_look(image)[0])
             if off_skull(inside) > off_skull(reading):
                 return replace(reading, notes=reading.notes + (
                     f"the picture inside the image's black border put {off_skull(inside)} landmark(s) off the skull "
@@ -554,14 +561,15 @@ class LandmarkDetector:
             "canvas): the picture is read",))
 
     def predict(self, images: Iterable[np.ndarray]) -> Iterator[Detection]:
-        """Each image ((H, W) or (H, W, C), padded or not) to its landmarks in its own pixels and their confidences."""
+        """Each image ((H, W) or (H, W, C), padded or not) to its landmarks in its own pixels and their confidences.
+        The first stage looks at a batch's images together, except at those inside a black border, whose picture is
+        read instead (`in_picture`)."""
         prepared = ((image, *self.prepare(image)) for image in images)
         while batch := list(islice(prepared, self.batch_size)):
-            batch_images, inputs, geometries = zip(*batch)
-            first = self.decode(self.heatmaps(np.stack(inputs)), list(geometries))
-            for image, geometry, as_given in zip(batch_images, geometries, first):
-                box = self.bordered_picture(image, geometry)
+            boxes = [self.bordered_picture(image, geometry) for image, _, geometry in batch]
+            looks = iter(self._first_looks([item for item, box in zip(batch, boxes) if box is None]))
+            for (image, _, geometry), box in zip(batch, boxes):
                 if box is None:
-                    yield self._read(image, geometry, as_given)
+                    yield self._read(image, geometry, next(looks))
                 else:
-                    yield self.in_picture(image, geometry, as_given, box)
+                    yield self.in_picture(image, geometry, box)

@@ -36,9 +36,9 @@ from algorithm.reader import ImageStack  # noqa: E402
 # each phase of an image and the LandmarkDetector step it times, in predict's order (reading is the stack's); the
 # refine phase's step, upright, first looks at a mirrored or turned copy where the image seems one (synthetic images,
 # which hold no skull, take those looks); an image inside a black border (the border phase) takes the picture phase
-# (in_picture: its picture read, and the whole image where needed) in place of the three before it
-STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "inference": "heatmaps", "decode": "decode",
-                 "border": "bordered_picture", "reframe": "reframe", "refine": "upright", "finish": "finish",
+# (in_picture: its picture read, and the whole image where needed) in place of the five after the border phase
+STEP_OF_PHASE = {"read": None, "preprocess": "prepare", "border": "bordered_picture", "inference": "heatmaps",
+                 "decode": "decode", "reframe": "reframe", "refine": "upright", "finish": "finish",
                  "picture": "in_picture"}
 
 
@@ -63,13 +63,13 @@ def time_phases(detector: LandmarkDetector, images: Iterable[np.ndarray]) -> tup
             return detections, times
         inputs, geometry = detector.prepare(image)
         marks.append(clock())
-        heatmaps = detector.heatmaps(inputs[None])
-        marks.append(clock())
-        as_given = detector.decode(heatmaps, [geometry])[0]
-        marks.append(clock())
         box = detector.bordered_picture(image, geometry)
         marks.append(clock())
         if box is None:
+            heatmaps = detector.heatmaps(inputs[None])
+            marks.append(clock())
+            as_given = detector.decode(heatmaps, [geometry])[0]
+            marks.append(clock())
             detection = detector.reframe(image, geometry, as_given)
             marks.append(clock())
             detection = detector.upright(image, geometry, detection, as_given)
@@ -77,8 +77,8 @@ def time_phases(detector: LandmarkDetector, images: Iterable[np.ndarray]) -> tup
             detections.append(detector.finish(image, geometry, detection))
             marks += [clock()] * 2  # no picture phase
         else:
-            marks += [clock()] * 3  # the picture phase reads the image in their place
-            detections.append(detector.in_picture(image, geometry, as_given, box))
+            marks += [clock()] * 5  # the picture phase reads the image in their place
+            detections.append(detector.in_picture(image, geometry, box))
             marks.append(clock())
         for phase, start, end in zip(STEP_OF_PHASE, marks, marks[1:]):
             times[phase].append(1000 * (end - start))

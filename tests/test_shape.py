@@ -564,7 +564,7 @@ def test_a_picture_inside_a_black_border_is_read_alone_unless_it_puts_more_landm
     image of its own and its landmarks moved back by the picture's offset in the window; where that reading puts
     landmarks off the skull, the whole image is read too, and where the picture's puts more off than the whole
     image's (2 here), the whole image's reading stays. A picture read with none off is kept without reading the
-    whole."""
+    whole image, or even looking at it: the border is found before the first stage's first look."""
     truth, picture = _upright_skull()
     height, width = picture.shape
     left, top = 700, 40
@@ -578,10 +578,19 @@ def test_a_picture_inside_a_black_border_is_read_alone_unless_it_puts_more_landm
         return Detection(truth if inside else truth + 50.0, np.full(UNTRAINED_LANDMARKS, 0.5), None,
                          np.arange(UNTRAINED_LANDMARKS) < (off_inside if inside else 2))
 
+    looked_at = []
+    heatmaps = full_model.heatmaps
+
+    def looking(inputs):
+        looked_at.append(len(inputs))
+        return heatmaps(inputs)
+
     monkeypatch.setattr(full_model, "_read", reading)
+    monkeypatch.setattr(full_model, "heatmaps", looking)
     result = next(full_model.predict([window]))
     np.testing.assert_array_equal(read[0], picture)
     assert len(read) == (1 if off_inside == 0 else 2) and (off_inside == 0 or read[1] is window)
+    assert looked_at == [1] * len(read)  # one first look at each image read: the picture, then perhaps the whole
     np.testing.assert_allclose(result.points, truth + [left, top] if picture_kept else truth + 50.0)
     assert result.notes[-1].endswith("the picture is read" if picture_kept else "the whole image is read")
 
