@@ -3,10 +3,11 @@
     python -m benchmark.run [--sizes 10 20 40] [--repeats 3] [--baseline-sizes ...] [--skip-baseline]
 
 For each N it builds (once, cached) a stack like the challenge's: N images of 2400 x 2880 x 3
-uint8 (R = G = B), synthetic content of 1935 x 2400 or 1340 x 1671 pixels (or, with --images, a folder's
-real cephalograms) at the top-left and zero padding, uncompressed MetaImage (20.7 MB an image). Synthetic
-images hold no skull, so the container also looks at them mirrored and turned, as it would at a cephalogram
-exported so: their times are a worst case, real images' the usual one. Every measurement is a whole process
+uint8 (R = G = B), synthetic content of 1935 x 2400 or 1340 x 1671 pixels (or, with --images, the real
+cephalograms of a folder or of a stack file such as the challenge's train_stack.mha) at the top-left and
+zero padding, uncompressed MetaImage (20.7 MB an image). Synthetic images hold no skull, so the container
+also looks at them mirrored and turned, as it would at a cephalogram exported so: their times are a worst
+case, real images' the usual one. Every measurement is a whole process
 (python startup, imports, model load, reading, writing the JSON): wall time, CPU time and peak
 resident memory (ru_maxrss of the child from os.wait4). Medians over the repeats. Also:
 the share of each phase (benchmark.phases, in-process) and the --threads / --batch-size options
@@ -193,7 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=2023, help="seed of the synthetic images (default: %(default)s)")
     parser.add_argument("--images", type=Path, default=None,
                         help="build the stacks of this folder's images (the first N, sorted by name, repeated where "
-                        "it holds fewer) instead of synthetic ones: real cephalograms take the container's usual "
+                        "it holds fewer), or of a stack file's (the challenge's train_stack.mha: its first N), "
+                        "instead of synthetic ones: real cephalograms take the container's usual "
                         "path, while synthetic images, which hold no skull, also take its looks for a mirrored or "
                         "turned image (never written into the project; cached under --stack-dir)")
     parser.add_argument("--stack-dir", type=Path, default=DEFAULT_RESULTS / "stacks",
@@ -204,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.baseline_repeats < 1:
         parser.error("sizes and repeats must be positive")
+    if args.images is not None and not (args.images.is_dir() or args.images.is_file()):
+        parser.error(f"--images {args.images}: no such folder or file")
     args.sizes = sorted(set(args.sizes))
     args.baseline_sizes = [] if args.skip_baseline else sorted(set(args.baseline_sizes or args.sizes))
     args.options_size = None if args.skip_options else (args.options_size or min(args.sizes))
@@ -305,13 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.datetime.now()
     model = model_info(args.model)  # before any stack is built: a model the container cannot load ends it here
-    run_dir = args.results_dir / f"run-{started:%Y%m%d-%H%M%S}"
-    (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
     machine = machine_info()
     if machine["load_start"] > 0.5:
         say(f"warning: load average {machine['load_start']:.2f}: the machine is busy, timings will be pessimistic")
-    folders = prepare_stacks(args)
+    folders = prepare_stacks(args)  # before the run folder is made: stacks that cannot be built leave none
+    run_dir = args.results_dir / f"run-{started:%Y%m%d-%H%M%S}"
+    (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
     say(f"measuring; about {estimated_minutes(args):.1f} min on a quiet machine; run folder {run_dir}")
     results: dict = {
         "started": f"{started:%Y-%m-%d %H:%M:%S}",

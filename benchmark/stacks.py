@@ -5,7 +5,8 @@ Each N gets a folder `n<N>/input/` holding one stack of N images of 2400 x 2880 
 the content at the top-left and zero padding, uncompressed MetaImage, and `n<N>/recipe.json`, which tells
 when a cached stack no longer fits the recipe. Synthetic images hold no skull, so the container takes its
 fallback looks on them (a mirrored or turned image, `algorithm.inference.ORIENTATIONS`), which real
-cephalograms do not: stacks of real images (`images`, under `from-<folder name>/`) time the usual path.
+cephalograms do not: stacks of real images (`images`: a folder of them, or a stack file such as the challenge's
+train_stack.mha, under `from-<its name>/`) time the usual path.
 """
 
 from __future__ import annotations
@@ -42,17 +43,44 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
+def source_names(images: Path, count: int) -> list[str]:
+    """What the first `count` images of `images` come from: a folder's files, or a stack file with its size and time
+    of change (its images are counted only when the stack is built, in the builder's process)."""
+    if Path(images).is_dir():
+        return [path.name for path in image_files(images)][:count]
+    status = Path(images).stat()
+    return [f"{Path(images).name} ({status.st_size} bytes, changed {status.st_mtime_ns} ns)"]
+
+
+def source_images(images: Path, count: int) -> list[np.ndarray]:
+    """The first `count` images of a folder (sorted by name) or of a stack file (in stack order), as 2D uint8 without
+    a stack's zero padding, repeated in order where there are fewer."""
+    from algorithm.preprocessing import strip_padding
+    from algorithm.reader import ImageStack, InputError
+    from training.data import to_uint8
+
+    if Path(images).is_dir():
+        found = [read_8bit(path) for path in image_files(images)[:count]]
+    else:
+        try:
+            stack = ImageStack(images)
+            found = [to_uint8(strip_padding(image)) for image in stack.read(range(min(count, len(stack))))]
+        except InputError as error:
+            raise SystemExit(f"error: {error}") from None
+    return [found[index % len(found)] for index in range(count)]
+
+
 def stack_recipe(count: int, seed: int, images: Path | None = None) -> dict:
     """What a stack of `count` images is made of; a cached stack with another recipe is rebuilt."""
     content = ({"content_sizes": SCANNER_CONTENT_SIZES, "seed": seed} if images is None else
-               {"from": str(Path(images).absolute()), "files": [path.name for path in image_files(images)][:count]})
+               {"from": str(Path(images).absolute()), "files": source_names(images, count)})
     return {"format": STACK_FORMAT, "images": count, **content, "landmarks": CHALLENGE_LANDMARKS,
             "height": CHALLENGE_HEIGHT, "width": CHALLENGE_WIDTH}
 
 
 def build_stacks(counts: list[int], stack_root: Path, seed: int, images: Path | None = None) -> dict[int, Path]:
-    """One input folder per N holding one stack (of synthetic images, or of the first N of `images`, repeated where
-    it holds fewer); reused when its recipe and size match."""
+    """One input folder per N holding one stack (of synthetic images, or of the first N of `images`, a folder or a
+    stack file, repeated where it holds fewer); reused when its recipe and size match."""
     if images is not None:
         stack_root = stack_root / f"from-{Path(images).absolute().name}"
     folders: dict[int, Path] = {}
@@ -101,8 +129,7 @@ def write_stacks(counts: list[int], stack_root: Path, seed: int, images_from: Pa
     if images_from is None:
         images, _ = synthetic_set(max(counts), CHALLENGE_LANDMARKS, seed, SCANNER_CONTENT_SIZES)
     else:
-        files = image_files(images_from)
-        images = [read_8bit(files[index % len(files)]) for index in range(max(counts))]
+        images = source_images(images_from, max(counts))
     for count in counts:
         folder = stack_root / f"n{count}"
         shutil.rmtree(folder, ignore_errors=True)

@@ -172,6 +172,30 @@ def test_stacks_of_a_folders_images_take_them_in_order_repeated_and_are_rebuilt_
                                                                       :FIVE_IMAGES[2].shape[1], 0], FIVE_IMAGES[2])
 
 
+def test_stacks_of_a_stack_files_images_take_its_first_ones_without_their_padding(tmp_path):
+    """The challenge's train_stack.mha given as --images: its first N images, each without its own zero padding, in
+    a stack of the benchmark's size; repeated in order where it holds fewer."""
+    from algorithm.reader import ImageStack
+    from benchmark.stacks import build_stacks
+
+    source = save_stack(tmp_path, "train_stack.mha", FIVE_IMAGES[:2], FIVE_HEIGHT + 40, FIVE_WIDTH + 30)
+    stacks = build_stacks([3], tmp_path / "stacks", seed=0, images=source)
+    (stack,) = stacks[3].glob("*.mha")
+    for image, expected in zip(ImageStack(stack), (FIVE_IMAGES[0], FIVE_IMAGES[1], FIVE_IMAGES[0]), strict=True):
+        np.testing.assert_array_equal(image[:expected.shape[0], :expected.shape[1], 0], expected)
+        assert image.shape[:2] == (2400, 2880) and not image[expected.shape[0]:].any()
+
+
+def test_the_benchmark_names_an_images_source_it_cannot_use(tmp_path):
+    missing = run_module("benchmark.run", "--images", tmp_path / "absent", "--skip-baseline")
+    assert missing.returncode == 2 and "absent: no such folder or file" in missing.stderr
+    (tmp_path / "broken.mha").write_text("not a MetaImage header\n")
+    broken = run_module("benchmark.run", "--images", tmp_path / "broken.mha", "--skip-baseline", "--sizes", 1,
+                        "--stack-dir", tmp_path / "stacks", "--results-dir", tmp_path / "results")
+    assert broken.returncode != 0 and "broken.mha" in broken.stderr
+    assert not (tmp_path / "results").exists() and not list((tmp_path / "stacks").rglob("*.mha"))
+
+
 @pytest.mark.parametrize("images, ratio, expected", [(None, 4.0, "worst case"), ("/data/cephalograms", 4.0, "FAIL"),
                                                       ("/data/cephalograms", 11.0, "PASS")])
 def test_the_speed_up_is_judged_on_real_cephalograms_only(images, ratio, expected):
