@@ -12,9 +12,10 @@ from conftest import REPO, TINY_CONFIG
 
 from algorithm.codec import HeatmapCodec
 from algorithm.preprocessing import NORMALIZATIONS, normalize
-from training.augment import (CROP_MARGIN, RING_RADIUS, RING_REACH, RING_STROKE, AugmentConfig, augment, random_affine,
-                              random_flip, random_intensity, random_inversion, random_occlusion, random_overlays,
-                              random_rings, random_tight_crop, random_tone_curve, standardize)
+from training.augment import (CROP_MARGIN, RING_RADIUS, RING_REACH, RING_STROKE, WINDOW_MOST, AugmentConfig, augment,
+                              random_affine, random_flip, random_intensity, random_inversion, random_occlusion,
+                              random_overlays, random_rings, random_tight_crop, random_tone_curve, random_window,
+                              standardize)
 from training.loss import heatmap_loss
 from training.config import TrainConfig
 from training.schedule import learning_rate_at
@@ -221,6 +222,20 @@ def test_a_tone_curve_keeps_the_order_and_range_of_grey_levels_but_bends_them():
     torch.testing.assert_close(flat, unit)
 
 
+def test_a_burned_in_window_clips_both_ends_of_the_grey_range_and_stretches_the_rest():
+    unit = torch.rand(8, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(16))
+    windowed = random_window(unit, 1.0, torch.Generator().manual_seed(17))
+    black, white = (windowed == 0).flatten(1).float().mean(1), (windowed == 1).flatten(1).float().mean(1)
+    assert black.max() < WINDOW_MOST + 0.02 and white.max() < WINDOW_MOST + 0.02  # clipped at most so far
+    assert (black > 0.05).sum() >= 4 and (white > 0.05).sum() >= 4  # each end drawn on its own, mostly clearly
+    for before, after in zip(unit.flatten(1), windowed.flatten(1)):
+        assert (after[before.argsort()].diff() >= 0).all()  # brighter stays brighter
+        inside = (after > 0) & (after < 1)
+        slope = (after[inside].max() - after[inside].min()) / (before[inside].max() - before[inside].min())
+        assert slope > 1  # the rest stretched to the whole range
+    torch.testing.assert_close(random_window(unit, 0.0, torch.Generator().manual_seed(17)), unit)
+
+
 def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     """Off means off: the default augmentation is flip, affine and intensity alone, drawing the same numbers
     from the generator as before the clinic steps existed; turned on, they change the batch."""
@@ -232,7 +247,7 @@ def test_the_default_augmentation_draws_nothing_for_the_clinic_steps():
     expected = random_intensity(warped[0], AugmentConfig(), generator), warped[1]
     default = augment(images, points, AugmentConfig(), torch.Generator().manual_seed(11))
     torch.testing.assert_close(default, expected)
-    every_step = AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6, rings=1.0)
+    every_step = AugmentConfig(aspect=0.45, overlays=1.0, invert=1.0, occlusion=1.0, tone=0.6, rings=1.0, window=1.0)
     clinic = augment(images, points, every_step, torch.Generator().manual_seed(11))
     assert not torch.allclose(default[0], clinic[0]) and not torch.allclose(default[1], clinic[1])
 

@@ -9,7 +9,8 @@ random tone curves (`tone`: another scanner's grey levels, which moved landmarks
 crops about the landmarks (`crop`: what the container's second look at a tightly cropped export sees). So are
 stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them;
 tried and not adopted, the tight crop's Porion got worse) and hiding boxes about landmarks (`occlusion`, tried
-across centres and not adopted); see the README for each. A step that is off draws nothing, so the default
+across centres and not adopted) and viewers' windows burned in (`window`: grey levels clipped at both ends; it helped
+a centre's own windowed images and cost an unseen centre's, and was not adopted); see the README for each. A step that is off draws nothing, so the default
 augmentation is what it always was.
 """
 
@@ -40,10 +41,13 @@ class AugmentConfig:
     tone: float = 0.0  # spread (log) of a random monotone tone curve's slopes: another scanner's grey levels
     rings: float = 0.0  # probability of stray bright ear-rod rings near landmarks on an image
     crop: float = 0.0  # probability of a crop tight about the landmarks, the rest under the mean grey
+    window: float = 0.0  # probability of a viewer's window burned in: grey levels beyond it clipped, the rest stretched
 
 
 # A random tone curve is piecewise linear over this many equal steps of the grey range.
 TONE_STEPS = 8
+# A burned-in window clips up to this share of the grey range at each end (each end drawn on its own).
+WINDOW_MOST = 0.4
 # Stray ear-rod rings, as shares of the image height (a whole-skull frame of about 240 mm): their radius
 # (ear rods of 3.5-9.5 mm), the stroke's width, and how far from the landmark they are drawn about.
 RING_RADIUS = (0.015, 0.04)
@@ -208,6 +212,17 @@ def random_tone_curve(unit: torch.Tensor, spread: float, generator: torch.Genera
     return (low + (high - low) * (position - step)).view_as(unit)
 
 
+def random_window(unit: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Each (B, 1, H, W) image of grey levels in [0, 1], with `probability`, through a viewer's window burned in as an
+    export does: up to WINDOW_MOST of the range clipped at each end (black below, white above) and the rest stretched
+    to [0, 1]."""
+    batch = unit.shape[0]
+    chosen = torch.rand(batch, 1, 1, 1, generator=generator, device=unit.device) < probability
+    low, cut_high = (torch.rand(2, batch, 1, 1, 1, generator=generator, device=unit.device) * WINDOW_MOST).unbind(0)
+    windowed = ((unit - low) / (1 - cut_high - low)).clamp(0, 1)
+    return torch.where(chosen, windowed, unit)
+
+
 def standardize(images: torch.Tensor, normalization: str) -> torch.Tensor:
     """Each (B, 1, H, W) image normalised by its own grey levels as the container's `normalize` does: 'zscore' or
     'rank' (each pixel at its grey level's mid-rank, scaled to unit variance)."""
@@ -224,12 +239,14 @@ def standardize(images: torch.Tensor, normalization: str) -> torch.Tensor:
 
 def random_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
                      normalization: str = "zscore") -> torch.Tensor:
-    """A tone curve (when on), gamma, contrast and noise, then normalised again as the container's `normalization`
-    does."""
+    """A burned-in window and a tone curve (when on), gamma, contrast and noise, then normalised again as the
+    container's `normalization` does."""
     batch = images.shape[0]
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
     unit = (images - low) / (high - low).clamp_min(1e-6)
+    if config.window:
+        unit = random_window(unit, config.window, generator)
     if config.tone:
         unit = random_tone_curve(unit, config.tone, generator)
     def uniform(limit: float) -> torch.Tensor:

@@ -6,8 +6,8 @@
 Each transform turns one un-padded 8-bit cephalogram and its landmarks into what a clinic might
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
-tight about the skull, a negative (bone dark, as some viewers display and export it), a stray ear-rod
-ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
+tight about the skull, a negative (bone dark, as some viewers display and export it), two viewer windows burned in
+(grey levels 32-224 and 100-255 stretched to 0-255, the rest clipped), a stray ear-rod ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
 (the patient facing left), one turned a quarter clockwise (a portrait film stored on its side), one upside down,
 one flipped top to bottom (rows stored bottom-up) and two tilted (15 degrees anticlockwise and 25 clockwise: a film
 scanned askew). The landmarks
@@ -167,6 +167,16 @@ def inverted(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     return Framed(255 - image, points, spacing)
 
 
+def windowed(low: int, high: int) -> Framing:
+    """A viewer's window burned in: grey levels `low` to `high` stretched to 0-255, those beyond clipped (a
+    screenshot, or an export of what the viewer shows)."""
+    def window(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
+        stretched = (image.astype(np.float64) - low) * 255 / (high - low)
+        return Framed(np.clip(np.round(stretched), 0, 255).astype(np.uint8), points, spacing)
+
+    return window
+
+
 def mirrored(image: np.ndarray, points: np.ndarray, spacing: float) -> Framed:
     """Mirrored left-right: the patient faces left, as some cephalostats and viewers show the other side."""
     return Framed(np.ascontiguousarray(image[:, ::-1]), np.stack([image.shape[1] - 1 - points[:, 0], points[:, 1]], 1),
@@ -223,7 +233,8 @@ def composed(*steps: Framing) -> Framing:
 TRANSFORMS: dict[str, Framing] = {
     "unchanged": unchanged, "landscape 2880 x 2304": landscape, "viewer borders + text": viewer_screenshot,
     "ruler": ruler, "1000 px + JPEG 70": downscaled_jpeg, "tight crop": tight_crop,
-    "inverted contrast": inverted, "stray ear rod": stray_ear_rod, "mirrored": mirrored,
+    "inverted contrast": inverted, "window 32-224": windowed(32, 224), "window 100-255": windowed(100, 255),
+    "stray ear rod": stray_ear_rod, "mirrored": mirrored,
     "rotated a quarter": rotated, "upside down": upside_down, "flipped top to bottom": flipped,
     "tilted 15 degrees": tilted(15.0), "tilted 25 degrees clockwise": tilted(-25.0),
     "ruler, 1000 px + JPEG 70, in a viewer": composed(ruler, downscaled_jpeg, viewer_screenshot),
