@@ -8,10 +8,10 @@ rulers, inverted contrast) are off by default too; `training/configs/clinic.json
 random tone curves (`tone`: another scanner's grey levels, which moved landmarks across centres) and tight
 crops about the landmarks (`crop`: what the container's second look at a tightly cropped export sees). So are
 stray ear-rod rings near landmarks (`rings`: another cephalostat's ear rods, which pulled Porion onto them;
-tried and not adopted, the tight crop's Porion got worse) and hiding boxes about landmarks (`occlusion`, tried
+tried and not adopted, the tight crop's Porion got worse), hiding boxes about landmarks (`occlusion`, tried
 across centres and not adopted) and viewers' windows burned in (`window`: grey levels clipped at both ends; it helped
-a centre's own windowed images and cost an unseen centre's, and was not adopted); see the README for each. A step that is off draws nothing, so the default
-augmentation is what it always was.
+a centre's own windowed images and cost an unseen centre's, and was not adopted); see the README for each. A step
+that is off draws nothing, so the default augmentation is what it always was.
 """
 
 from __future__ import annotations

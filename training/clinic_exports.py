@@ -7,10 +7,10 @@ Each transform turns one un-padded 8-bit cephalogram and its landmarks into what
 export instead: a landscape detector frame, a viewer screenshot with black side borders and overlay
 text, a ruler in front of the face, a copy downscaled to 1000 px high and saved as JPEG 70, a crop
 tight about the skull, a negative (bone dark, as some viewers display and export it), two viewer windows burned in
-(grey levels 32-224 and 100-255 stretched to 0-255, the rest clipped), a stray ear-rod ring in front of the ear (another cephalostat's, or the far-side rod of a turned head), a mirrored copy
-(the patient facing left), one turned a quarter clockwise (a portrait film stored on its side), one upside down,
-one flipped top to bottom (rows stored bottom-up) and two tilted (15 degrees anticlockwise and 25 clockwise: a film
-scanned askew). The landmarks
+(grey levels 32-224 and 100-255 stretched to 0-255, the rest clipped), a stray ear-rod ring in front of the ear
+(another cephalostat's, or the far-side rod of a turned head), a mirrored copy (the patient facing left), one
+turned a quarter clockwise (a portrait film stored on its side), one upside down, one flipped top to bottom (rows
+stored bottom-up) and two tilted (15 degrees anticlockwise and 25 clockwise: a film scanned askew). The landmarks
 move with the pixels, and the mm per pixel with the scale, so every framing is scored against the
 same doctors. A data set given with --data that the model never trained on is re-framed whole: a new
 centre's images as its clinics send them, the closest this project comes to the hidden unseen centre.
