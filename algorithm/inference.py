@@ -398,7 +398,7 @@ class LandmarkDetector:
     def _first_look(self, image: np.ndarray) -> tuple[Detection, ResizeGeometry]:
         """Steps 1-3b on one image alone: the first stage's shape-checked look at it, and its geometry."""
         model_input, geometry = self.prepare(image)
-        return self.decode(self.heatmaps(model_input[None]), [geometry])[0], geometry
+        return self._first_looks([(image, model_input, geometry)])[0], geometry
 
     def _first_looks(self, prepared: list[tuple[np.ndarray, np.ndarray, ResizeGeometry]]) -> list[Detection]:
         """Steps 2-3b on prepared (image, model input, geometry) triples together: the first stage's shape-checked

@@ -55,7 +55,6 @@ def source_names(images: Path, count: int) -> list[str]:
 def source_images(images: Path, count: int) -> list[np.ndarray]:
     """The first `count` images of a folder (sorted by name) or of a stack file (in stack order), as 2D uint8 without
     a stack's zero padding, repeated in order where there are fewer."""
-    from algorithm.preprocessing import strip_padding
     from algorithm.reader import ImageStack, InputError
     from training.data import to_uint8
 
@@ -64,7 +63,7 @@ def source_images(images: Path, count: int) -> list[np.ndarray]:
     else:
         try:
             stack = ImageStack(images)
-            found = [to_uint8(strip_padding(image)) for image in stack.read(range(min(count, len(stack))))]
+            found = [to_uint8(image) for image in stack.read(range(min(count, len(stack))))]
         except InputError as error:
             raise SystemExit(f"error: {error}") from None
     return [found[index % len(found)] for index in range(count)]
